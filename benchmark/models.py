@@ -1,0 +1,121 @@
+"""Models: a timm network behind a [0,1]-input wrapper, safetensors I/O, fine-tuning protocols.
+
+`Classifier` takes images in [0,1] (what attacks and defenses see), normalises them, and runs
+any timm model. It carries a `feature_mask` over the channels of the last feature map (all ones
+unless a pruning defense zeroes some), so a pruned model is still a plain state dict.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .errors import CheckpointError
+
+
+class Classifier(nn.Module):
+    def __init__(self, arch: str, num_classes: int, in_chans: int, mean=None, std=None):
+        super().__init__()
+        self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        cfg = self.net.pretrained_cfg or {}
+        mean = list(mean if mean is not None else cfg.get("mean", (0.5,) * 3))
+        std = list(std if std is not None else cfg.get("std", (0.25,) * 3))
+        if len(mean) != in_chans:  # e.g. grey images on an RGB default: average the channels
+            mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+        self.arch, self.in_chans = arch, in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("feature_mask", torch.ones(self.net.num_features))
+
+    @property
+    def num_classes(self) -> int:
+        return self.net.num_classes
+
+    @property
+    def config(self) -> dict:
+        return {"arch": self.arch, "num_classes": self.num_classes, "in_chans": self.in_chans,
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, C, H, W) or tokens (N, L, C), after the channel mask."""
+        f = self.net.forward_features((x - self.mean) / self.std)
+        mask = self.feature_mask.to(f.dtype)
+        return f * (mask.view(1, -1, 1, 1) if f.ndim == 4 else mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.features(x))
+
+    def reset_head(self, num_classes: int) -> "Classifier":
+        """Replace the classifier with a new one (global pooling + linear), as transfer learning does."""
+        self.net.reset_classifier(num_classes)
+        return self
+
+
+def from_config(config: dict) -> Classifier:
+    return Classifier(config["arch"], config["num_classes"], config["in_chans"], config["mean"], config["std"])
+
+
+def save(model: Classifier, path: Path) -> None:
+    save_model(model, str(path))
+    Path(path).with_suffix(".config.json").write_text(json.dumps(model.config, indent=1))
+
+
+def load(path: Path, config: dict | None = None) -> Classifier:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (a pickle can run code); "
+                              f"convert it with safetensors.torch.save_model")
+    if config is None:
+        config = json.loads(path.with_suffix(".config.json").read_text())
+    model = from_config(config)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a valid checkpoint for {config['arch']}: {e}") from e
+    return model
+
+
+def head_parameters(model: Classifier) -> list[nn.Parameter]:
+    return list(model.net.get_classifier().parameters())
+
+
+def blocks(model: Classifier) -> list[list[nn.Parameter]]:
+    """The network's blocks in forward order, head excluded, from timm's own parameter grouping
+    (`group_matcher(coarse=False)`: stem, then one group per block)."""
+    from timm.models import group_parameters
+
+    head = {id(p) for p in head_parameters(model)}
+    named = dict(model.net.named_parameters())
+    groups = group_parameters(model.net, model.net.group_matcher(coarse=False))
+    out = []
+    for _, names in sorted(groups.items()):
+        params = [named[n] for n in names if id(named[n]) not in head]
+        if params:
+            out.append(params)
+    return out
+
+
+def set_protocol(model: Classifier, protocol: str, k: int | None = None) -> Classifier:
+    """Freeze what the fine-tuning protocol keeps fixed: `full` trains all, `linear` only the
+    head, `last_blocks` the last k blocks and the head."""
+    if protocol == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = head_parameters(model)
+    if protocol == "last_blocks":
+        bl = blocks(model)
+        if k > len(bl):
+            raise ValueError(f"{model.arch} has {len(bl)} blocks; cannot train the last {k}")
+        trainable += [p for group in bl[-k:] for p in group]
+    elif protocol != "linear":
+        raise ValueError(f"unknown protocol {protocol!r}")
+    for p in trainable:
+        p.requires_grad_(True)
+    return model

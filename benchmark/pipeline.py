@@ -1,0 +1,274 @@
+"""The experiment: stages with cached artifacts, and one result per cell.
+
+    clean upstream ──▶ backdoored upstream (attack, seed) ──▶ downstream (seed) ──▶ defended (defense)
+          └──────────────────────────────────────────────▶ downstream (seed)   [the clean-upstream baseline]
+
+Every stage is an artifact in the `Store`, keyed by a hash of everything that determines it;
+evaluations are cached the same way. A cell is (attack, defense or none, seed): its result file
+holds the scores before transfer, after transfer (with the clean-upstream baseline), and after
+the defense, with provenance and each stage's wall time.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from . import metrics, models, training
+from .config import to_dict
+from .data import ImageSet, load as load_data, split
+from .errors import BenchError
+from .plugins import Attack, Context, Defense
+from .provenance import collect
+from .registry import Registry
+from .scenario import PluginSpec, Scenario
+from .store import Artifact, Store
+
+RESULT_SCHEMA = 1
+
+
+@dataclass
+class Data:
+    up_train: ImageSet
+    up_test: ImageSet
+    down_train: ImageSet  # the victim's training set (validation held out)
+    down_val: ImageSet    # t* is chosen on it
+    down_test: ImageSet
+
+
+def cell_path(results: Path, sc: Scenario, attack: str, defense: Optional[str], seed: int) -> Path:
+    return Path(results) / f"{sc.name}-v{sc.version}" / attack / (defense or "none") / f"seed-{seed}.json"
+
+
+@dataclass
+class Runner:
+    scenario: Scenario
+    registry: Registry
+    store: Store
+    results: Path
+    device: torch.device
+    progress: bool = True
+    log: Callable[[str], None] = print
+    _data: Optional[Data] = field(default=None, init=False)
+
+    # ---------------------------------------------------------------- data
+    @property
+    def data(self) -> Data:
+        if self._data is None:
+            sc, cache = self.scenario, self.store.root / "data"
+            up_train, up_test = load_data(sc.upstream.data, sc.image, cache, sc.base_dir)
+            tr, te = load_data(sc.downstream.data, sc.image, cache, sc.base_dir)
+            keep, val = split(tr.labels, sc.downstream.val_fraction, sc.downstream.split_seed)
+            self._data = Data(up_train, up_test, tr.subset(keep), tr.subset(val), te)
+        return self._data
+
+    def ctx(self, seed: int) -> Context:
+        return Context(self.device, seed, self.progress)
+
+    # ---------------------------------------------------------------- plugins
+    def _ident(self, kind: str, spec: PluginSpec) -> dict:
+        params = self.registry.resolve_params(kind, spec.name, spec.params)
+        return {"name": spec.name, "params": params, "code": self.registry.code_hash(kind, spec.name)}
+
+    def _attack(self, spec: PluginSpec) -> Attack:
+        return self.registry.create("attack", spec.name, spec.params)
+
+    # ---------------------------------------------------------------- stages
+    def _build(self, stage: str, spec: dict, fn, what: str) -> Artifact:
+        found = self.store.get(stage, spec)
+        if found is None:
+            self.log(f"[{stage}] {what}")
+        return found or self.store.build(stage, spec, fn)
+
+    def clean_upstream(self) -> Artifact:
+        sc = self.scenario
+        spec = {"image": to_dict(sc.image), "upstream": to_dict(sc.upstream)}
+
+        def fn():
+            d = self.data
+            torch.manual_seed(sc.upstream.seed)
+            model = models.Classifier(sc.upstream.arch, d.up_train.num_classes, sc.image.channels)
+            self.ctx(sc.upstream.seed).train(model, d.up_train, sc.upstream.train, desc="clean upstream")
+            ca = metrics.accuracy(training.predict(model, d.up_test, device=self.device), d.up_test.labels)
+            return model, {"metrics": {"ca": ca}}
+        return self._build("upstream", spec, fn, f"train clean {sc.upstream.arch} on upstream data")
+
+    def backdoored_upstream(self, attack: PluginSpec, seed: int) -> Artifact:
+        sc, clean = self.scenario, self.clean_upstream()
+        spec = {"clean": clean.key, "attack": self._ident("attack", attack), "budget": to_dict(sc.attack), "seed": seed}
+
+        def fn():
+            torch.manual_seed(seed)
+            model = self._attack(attack).plant(clean.model(), self.data.up_train, sc.attack, self.ctx(seed))
+            if not isinstance(model, models.Classifier):
+                raise BenchError(f"attack '{attack.name}': plant() must return the Classifier it was given")
+            return model, {}
+        return self._build("backdoor", spec, fn, f"plant {attack.id} (seed {seed})")
+
+    def downstream(self, upstream: Artifact, seed: int, what: str) -> Artifact:
+        sc = self.scenario
+        spec = {"upstream": upstream.key, "image": to_dict(sc.image), "downstream": to_dict(sc.downstream), "seed": seed}
+
+        def fn():
+            d = self.data
+            torch.manual_seed(seed)
+            model = upstream.model().reset_head(d.down_train.num_classes)
+            models.set_protocol(model, sc.downstream.protocol, sc.downstream.blocks)
+            self.ctx(seed).train(model, d.down_train, sc.downstream.train, desc=f"transfer {what}")
+            models.set_protocol(model, "full")
+            ca = metrics.accuracy(training.predict(model, d.down_test, device=self.device), d.down_test.labels)
+            return model, {"metrics": {"ca": ca}}
+        return self._build("downstream", spec, fn, f"transfer {what} (seed {seed}, protocol {sc.downstream.protocol})")
+
+    # ---------------------------------------------------------------- evaluation
+    def _scores(self, model, attack: Attack, test: ImageSet, target) -> dict:
+        pred = training.predict(model, test, device=self.device)
+        trig = training.predict(model, test, device=self.device, transform=attack.apply)
+        return {"ca": metrics.accuracy(pred, test.labels),
+                "asr": metrics.attack_success_rate(trig, test.labels, target),
+                "ra": metrics.robust_accuracy(trig, test.labels, target)}
+
+    def eval_upstream(self, art: Artifact, attack: PluginSpec) -> dict:
+        """Same label space: the attack's own targets."""
+        spec = {"model": art.key, "attack": self._ident("attack", attack), "budget": to_dict(self.scenario.attack),
+                "level": "upstream"}
+
+        def fn():
+            a, test = self._attack(attack), self.data.up_test
+            return None, {"metrics": self._scores(art.model(), a, test, a.targets(test.labels, test.num_classes,
+                                                                                  self.scenario.attack.target))}
+        return self.store.build("eval", spec, fn).meta["metrics"]
+
+    def eval_transfer(self, art: Artifact, attack: PluginSpec) -> dict:
+        """After transfer: t* from triggered validation images, then ASR/RA on the test set."""
+        spec = {"model": art.key, "attack": self._ident("attack", attack), "level": "transfer"}
+
+        def fn():
+            a, d, model = self._attack(attack), self.data, art.model()
+            val_pred = training.predict(model, d.down_val, device=self.device, transform=a.apply)
+            t = metrics.transfer_target(val_pred, d.down_val.num_classes)
+            return None, {"metrics": {**self._scores(model, a, d.down_test, t), "target": t}}
+        return self.store.build("eval", spec, fn).meta["metrics"]
+
+    def defend(self, delivered: Artifact, defense: PluginSpec, attack: PluginSpec, target: int,
+               before: dict, seed: int) -> Artifact:
+        sc = self.scenario
+        spec = {"model": delivered.key, "defense": self._ident("defense", defense),
+                "defender": to_dict(sc.defender), "seed": seed, "eval": {"attack": self._ident("attack", attack),
+                                                                         "target": target}}
+
+        def fn():
+            d = self.data
+            _, held = split(d.down_train.labels, sc.defender.budget, seed)
+            clean = d.down_train.subset(held)
+            plugin: Defense = self.registry.create("defense", defense.name, defense.params)
+            torch.manual_seed(seed)
+            # the defense sees a private copy of the delivered model and the clean budget, nothing else
+            out = plugin.run(delivered.model(), clean, self.ctx(seed))
+            info = json.loads(json.dumps(out.info))  # must be JSON; fails loudly otherwise
+            model = out.model if out.model is not None else delivered.model()
+            a = self._attack(attack)
+            after = self._scores(model, a, d.down_test, target)
+            m = {**after, "repaired": out.model is not None,
+                 "der": metrics.der(before["ca"], after["ca"], before["asr"], after["asr"]),
+                 "model_score": None if out.model_score is None else float(out.model_score),
+                 "input_auroc": None, "clean_budget": len(clean)}
+            if out.input_scorer is not None:
+                test = d.down_test
+                s_clean = training.scores(out.input_scorer, test, device=self.device)
+                nt = test.subset(torch.nonzero(test.labels != target).flatten())
+                s_trig = training.scores(out.input_scorer, nt, device=self.device, transform=a.apply)
+                m["input_auroc"] = metrics.auroc([0] * len(s_clean) + [1] * len(s_trig),
+                                                 torch.cat([s_clean, s_trig]).numpy())
+            return out.model, {"metrics": m, "info": info}
+        return self._build("defense", spec, fn, f"{defense.id} against {attack.id} (seed {seed})")
+
+    # ---------------------------------------------------------------- cells
+    def run(self, attacks: list[PluginSpec] | None = None, defenses: list[PluginSpec] | None = None,
+            seeds: list[int] | None = None) -> list[dict]:
+        sc = self.scenario
+        attacks = sc.attacks if attacks is None else attacks
+        defenses = sc.defenses if defenses is None else defenses
+        seeds = sc.seeds if seeds is None else seeds
+        for kind, specs in (("attack", attacks), ("defense", defenses)):
+            for s in specs:
+                self.registry.resolve_params(kind, s.name, s.params, where=f"{sc.file}: {kind} '{s.id}'")
+        cells = []
+        for attack in attacks:
+            for seed in seeds:
+                cells += self._cells(attack, defenses, seed)
+        return cells
+
+    def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
+        base = {"attack": {"id": attack.id, "name": attack.name,
+                           "params": self.registry.resolve_params("attack", attack.name, attack.params)}, "seed": seed}
+        stages: dict[str, Artifact] = {}
+        try:
+            stages["upstream"] = self.clean_upstream()
+            stages["backdoor"] = self.backdoored_upstream(attack, seed)
+            stages["downstream_clean"] = self.downstream(stages["upstream"], seed, "from clean upstream")
+            stages["downstream"] = self.downstream(stages["backdoor"], seed, f"from {attack.id} upstream")
+            shared = {
+                "upstream": {"clean": self.eval_upstream(stages["upstream"], attack),
+                             "backdoored": self.eval_upstream(stages["backdoor"], attack)},
+                "transfer": {"clean": self.eval_transfer(stages["downstream_clean"], attack),
+                             "backdoored": self.eval_transfer(stages["downstream"], attack)},
+            }
+        except Exception as e:  # the attack (or a stage before any defense) failed: every cell of it fails
+            return [self._write(base, d, seed, stages, None, error=e) for d in [None, *defenses]]
+        out = [self._write(base, None, seed, stages, shared)]
+        before, target = shared["transfer"]["backdoored"], shared["transfer"]["backdoored"]["target"]
+        for d in defenses:
+            try:
+                art = self.defend(stages["downstream"], d, attack, target, before, seed)
+                out.append(self._write(base, d, seed, {**stages, "defense": art},
+                                       {**shared, "defense": art.meta["metrics"]}, info=art.meta.get("info")))
+            except Exception as e:
+                out.append(self._write(base, d, seed, stages, shared, error=e))
+        return out
+
+    def _write(self, base: dict, defense: Optional[PluginSpec], seed: int, stages: dict, scores: Optional[dict],
+               info: Optional[dict] = None, error: Optional[BaseException] = None) -> dict:
+        sc = self.scenario
+        res = {
+            "schema": RESULT_SCHEMA,
+            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256},
+            **base,
+            "defense": None if defense is None else {
+                "id": defense.id, "name": defense.name,
+                "params": self.registry.resolve_params("defense", defense.name, defense.params)},
+            "status": "ok" if error is None else "failed",
+            "metrics": scores,
+            "info": info,
+            "artifacts": {k: v.key for k, v in stages.items()},
+            "wall_time_s": {k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
+            "provenance": collect(self.device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if error is not None:
+            res["error"] = {"type": type(error).__name__, "message": str(error),
+                            "traceback": traceback.format_exception(error)[-6:]}
+            self.log(f"[failed] {base['attack']['id']} / {defense.id if defense else 'none'} / seed {seed}: "
+                     f"{type(error).__name__}: {error}")
+        path = cell_path(self.results, sc, base["attack"]["id"], defense.id if defense else None, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False))
+        tmp.replace(path)
+        return res
+
+
+def _finite(o):
+    """NaN (e.g. an ASR with no non-target input) is written as null: JSON has no NaN."""
+    if isinstance(o, float) and o != o:
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o

@@ -1,0 +1,117 @@
+"""The plugin contract: what an attack and a defense implement. Read this file in a minute.
+
+Images are float tensors in [0, 1], NCHW, on any device. Parameters come from the submission's
+`submission.yaml` (defaults) merged with the scenario's overrides, and are in `self.params`.
+
+    class MyAttack(Attack):
+        def apply(self, x):            # the trigger, batched, on x's device
+            ...
+    # optional: override poison() (which samples, what image, what label; the harness trains)
+    # or plant() (an attack that must control training).
+
+    class MyDefense(Defense):
+        def run(self, model, clean, ctx):
+            return DefenseOutput(model=..., model_score=..., input_scorer=...)
+
+A defense receives the delivered model (a private copy) and the defender's clean data only:
+never the attack, its target, or triggered data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from . import training
+from .data import ImageSet, to_float, to_uint8
+from .scenario import AttackBudget, Recipe
+
+
+class Plugin:
+    manifest = None  # the parsed submission.yaml, set by the registry
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+
+@dataclass
+class Context:
+    """What the harness lends a plugin: the device, a seed, and its training loop."""
+    device: torch.device
+    seed: int
+    progress: bool = True
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    def train(self, model: nn.Module, data: ImageSet, recipe: Recipe, desc: str = "train", **kw) -> nn.Module:
+        return training.fit(model, data, recipe, device=self.device, seed=self.seed, desc=desc,
+                            progress=self.progress, **kw)
+
+    def predict(self, model: nn.Module, data: ImageSet) -> torch.Tensor:
+        return training.predict(model, data, device=self.device)
+
+
+@dataclass
+class Poisoning:
+    """Which training samples an attack replaces, with what image (uint8) and what label."""
+    indices: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def applied_to(self, data: ImageSet) -> ImageSet:
+        images, labels = data.images.clone(), data.labels.clone()
+        images[self.indices] = self.images
+        labels[self.indices] = self.labels
+        return ImageSet(images, labels, list(data.classes))
+
+
+class Attack(Plugin):
+    """A backdoor attack. Parameter `mode` (if declared): `all-to-one` (every triggered input goes
+    to the budget's target) or `all-to-all` (label y goes to (y + 1) mod K)."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def targets(self, y: torch.Tensor, num_classes: int, target: int) -> torch.Tensor:
+        """The label each triggered input should receive."""
+        if self.params.get("mode", "all-to-one") == "all-to-all":
+            return (y + 1) % num_classes
+        return torch.full_like(y, target)
+
+    def poison(self, data: ImageSet, budget: AttackBudget, generator: torch.Generator) -> Poisoning:
+        """Default data poisoning: round(rate * N) samples drawn from those whose label changes,
+        triggered and relabelled."""
+        goal = self.targets(data.labels, data.num_classes, budget.target)
+        candidates = torch.nonzero(goal != data.labels).flatten()
+        n = int(round(budget.poison_rate * len(data)))
+        if n > len(candidates):
+            raise ValueError(f"poison rate {budget.poison_rate} asks for {n} samples; only {len(candidates)} can be relabelled")
+        idx = torch.sort(candidates[torch.randperm(len(candidates), generator=generator)[:n]]).values
+        images = torch.cat([to_uint8(self.apply(to_float(data.images[idx[i:i + 512]])))
+                            for i in range(0, n, 512)]) if n else data.images[:0]
+        return Poisoning(idx, images, goal[idx])
+
+    def plant(self, model: nn.Module, data: ImageSet, budget: AttackBudget, ctx: Context) -> nn.Module:
+        """Plant the backdoor into the clean upstream `model`: by default poison the data, then let the
+        harness fine-tune on it with the scenario's injection recipe."""
+        poisoned = self.poison(data, budget, ctx.generator(1)).applied_to(data)
+        return ctx.train(model, poisoned, budget.inject, desc=f"plant {self.manifest.name if self.manifest else ''}")
+
+
+@dataclass
+class DefenseOutput:
+    """Any of: a repaired model; a model-level suspicion score (higher = more likely backdoored);
+    a per-input scorer (batch of images -> 1-D tensor, higher = more likely triggered); free-form
+    `info` recorded in the result (e.g. which channels were pruned)."""
+    model: Optional[nn.Module] = None
+    model_score: Optional[float] = None
+    input_scorer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    info: dict = field(default_factory=dict)
+
+
+class Defense(Plugin):
+    def run(self, model: nn.Module, clean: ImageSet, ctx: Context) -> DefenseOutput:
+        raise NotImplementedError  # abstract

@@ -1,0 +1,76 @@
+"""The terminal table of a run: CA / ASR / RA before transfer, after transfer (with the clean-upstream
+baseline) and after each defense; mean ± 95% interval half-width over seeds."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rich.console import Console
+from rich.table import Table
+
+from .metrics import mean_ci
+
+COLUMNS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
+           ("model score", "model_score")]
+
+
+def fmt(values) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    m, h = mean_ci(vals)
+    return f"{m:.3f}" if h != h else f"{m:.3f} ± {h:.3f}"
+
+
+def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, str]]]:
+    """attack id -> [(row label, {metric: values over seeds}, n seeds, failure note)]"""
+    by_attack = defaultdict(list)
+    for c in cells:
+        by_attack[c["attack"]["id"]].append(c)
+    out = {}
+    for attack, cs in by_attack.items():
+        base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
+        table = []
+        for label, path in (("upstream clean", ("upstream", "clean")),
+                            ("upstream backdoored", ("upstream", "backdoored")),
+                            ("downstream from clean upstream", ("transfer", "clean")),
+                            ("downstream from backdoored", ("transfer", "backdoored"))):
+            vals = defaultdict(list)
+            for c in base:
+                for k, v in c["metrics"][path[0]][path[1]].items():
+                    vals[k].append(v)
+            table.append((label, vals, len(base), ""))
+        defenses = sorted({c["defense"]["id"] for c in cs if c["defense"] is not None})
+        for d in defenses:
+            dc = [c for c in cs if c["defense"] is not None and c["defense"]["id"] == d]
+            ok = [c for c in dc if c["status"] == "ok"]
+            vals = defaultdict(list)
+            for c in ok:
+                for k, v in c["metrics"]["defense"].items():
+                    vals[k].append(v)
+            failed = [c for c in dc if c["status"] != "ok"]
+            note = f"{len(failed)} failed: {failed[0]['error']['type']}: {failed[0]['error']['message'][:80]}" if failed else ""
+            table.append((f"  + {d}", vals, len(ok), note))
+        failed_attack = [c for c in cs if c["defense"] is None and c["status"] != "ok"]
+        if failed_attack:
+            e = failed_attack[0]["error"]
+            table.append(("attack failed", {}, 0, f"{e['type']}: {e['message'][:120]}"))
+        out[attack] = table
+    return out
+
+
+def print_table(cells: list[dict], title: str, console: Console | None = None) -> None:
+    console = console or Console(width=max(Console().width, 150))
+    for attack, table_rows in rows(cells).items():
+        t = Table(title=f"{title} · attack {attack}", title_justify="left")
+        t.add_column("model")
+        for name, _ in COLUMNS:
+            t.add_column(name, justify="right")
+        t.add_column("seeds", justify="right")
+        t.add_column("note")
+        for label, vals, n, note in table_rows:
+            t.add_row(label, *[fmt(vals.get(k, [])) for _, k in COLUMNS], str(n), note)
+        console.print(t)
+    console.print("upstream rows: same label space, the attack's own target. downstream rows: after transfer to the "
+                  "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "
+                  "validation images. Defense rows: the delivered (backdoored) downstream model after the defense, "
+                  "t* kept. ± is the 95% interval half-width over seeds.", style="dim")

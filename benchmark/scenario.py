@@ -1,0 +1,243 @@
+"""Scenarios: declarative YAML experiments, validated on load.
+
+A scenario fixes everything a number depends on: the upstream (natural-image) data, model and
+pretraining recipe; the attack budget and injection recipe; the victim's downstream task and
+fine-tuning protocol; the defender's clean budget; the seeds. Shipped scenarios live in
+`benchmark/scenarios/*.yaml`; any other YAML file can be passed by path.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .config import Invalid, parse, to_dict
+from .errors import BenchError, ConfigError
+
+SHIPPED = resources.files("benchmark") / "scenarios"
+
+
+@dataclass
+class DataSpec:
+    """Where images come from. `hub`: a Hub dataset id pinned by revision; `local`: a folder
+    `datasets.load_dataset` can read (relative paths resolve against the scenario file);
+    `sklearn-digits`: the 8x8 handwritten digits shipped inside scikit-learn (offline)."""
+    source: Literal["hub", "local", "sklearn-digits"]
+    id: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+    test_fraction: float = 0.25          # sklearn-digits only: share held out as test, stratified
+    classes: Optional[list[int]] = None  # keep these labels, renumbered 0..k-1 in this order
+
+    def check(self):
+        if self.source == "hub":
+            if not self.id:
+                raise Invalid("id", "a hub dataset needs 'id' (e.g. ORG/NAME)")
+            if not self.revision:
+                raise Invalid("revision", "a hub dataset must be pinned: give 'revision' (a commit sha or tag)")
+        if self.source == "local" and not self.path:
+            raise Invalid("path", "a local dataset needs 'path' (a folder datasets.load_dataset can read)")
+        if not 0 < self.test_fraction < 1:
+            raise Invalid("test_fraction", "must lie in (0, 1)")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise Invalid("classes", "needs at least two distinct labels")
+
+
+@dataclass
+class Augment:
+    hflip: bool = False
+    crop_pad: int = 0  # random crop after zero-padding by this many pixels
+
+    def check(self):
+        if self.crop_pad < 0:
+            raise Invalid("crop_pad", "must be >= 0")
+
+
+@dataclass
+class Recipe:
+    """SGD with Nesterov momentum and a per-step schedule."""
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    augment: Augment = field(default_factory=Augment)
+
+    def check(self):
+        if self.epochs < 0:
+            raise Invalid("epochs", "must be >= 0")
+        if self.lr <= 0:
+            raise Invalid("lr", "must be > 0")
+        if self.batch_size < 2:
+            raise Invalid("batch_size", "must be >= 2")
+
+
+@dataclass
+class ImageSpec:
+    size: int
+    channels: Literal[1, 3] = 3
+
+    def check(self):
+        if self.size < 8:
+            raise Invalid("size", "must be >= 8 pixels")
+
+
+@dataclass
+class Upstream:
+    data: DataSpec
+    arch: str
+    train: Recipe
+    seed: int = 0
+
+    def check(self):
+        import timm
+        if not timm.is_model(self.arch):
+            close = timm.list_models(f"*{self.arch.split('_')[0]}*")[:8]
+            raise Invalid("arch", f"unknown timm model {self.arch!r}"
+                          + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"))
+
+
+@dataclass
+class AttackBudget:
+    """What the attacker may do upstream: poison this share of the whole training set (for a
+    clean-label attack every poisoned image comes from the target class), towards `target`.
+    The backdoor is planted by fine-tuning the clean upstream model on the poisoned data
+    with `inject` (as in Matsuo & Takemoto 2022)."""
+    poison_rate: float
+    target: int
+    inject: Recipe
+
+    def check(self):
+        if not 0 < self.poison_rate < 1:
+            raise Invalid("poison_rate", "must lie in (0, 1)")
+        if self.target < 0:
+            raise Invalid("target", "must be a class index >= 0")
+
+
+@dataclass
+class Downstream:
+    """The victim's task: a new head on the delivered model, fine-tuned with `protocol`:
+    `full` (all layers), `linear` (head only) or `last_blocks` (the last `blocks` blocks + head)."""
+    data: DataSpec
+    train: Recipe
+    protocol: Literal["full", "linear", "last_blocks"] = "full"
+    blocks: Optional[int] = None
+    val_fraction: float = 0.1  # held out of the training split; t* is chosen on it
+    split_seed: int = 0
+
+    def check(self):
+        if self.protocol == "last_blocks" and (self.blocks is None or self.blocks < 1):
+            raise Invalid("blocks", "protocol 'last_blocks' needs 'blocks' >= 1")
+        if self.protocol != "last_blocks" and self.blocks is not None:
+            raise Invalid("blocks", "only meaningful with protocol 'last_blocks'")
+        if not 0 < self.val_fraction < 0.5:
+            raise Invalid("val_fraction", "must lie in (0, 0.5)")
+
+
+@dataclass
+class Defender:
+    budget: float = 0.05  # share of the downstream training set the defender holds, clean
+
+    def check(self):
+        if not 0 < self.budget <= 1:
+            raise Invalid("budget", "must lie in (0, 1]")
+
+
+@dataclass
+class PluginSpec:
+    """A plugin by name with parameter overrides; `label` names it in results (defaults to name)."""
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: Optional[str] = None
+
+    @classmethod
+    def from_short(cls, value):
+        if isinstance(value, str):
+            return cls(name=value)
+        raise Invalid("", f"expected a plugin name or a mapping with 'name', got {value!r}")
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class Scenario:
+    name: str
+    version: int
+    image: ImageSpec
+    upstream: Upstream
+    attack: AttackBudget
+    downstream: Downstream
+    attacks: list[PluginSpec]
+    defenses: list[PluginSpec] = field(default_factory=list)
+    defender: Defender = field(default_factory=Defender)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    description: str = ""
+    file: Optional[str] = field(default=None, compare=False)
+    sha256: Optional[str] = field(default=None, compare=False)
+
+    def check(self):
+        if self.version < 1:
+            raise Invalid("version", "must be an integer >= 1")
+        if not self.seeds:
+            raise Invalid("seeds", "needs at least one seed")
+        for key, specs in (("attacks", self.attacks), ("defenses", self.defenses)):
+            ids = [s.id for s in specs]
+            dup = {i for i in ids if ids.count(i) > 1}
+            if dup:
+                raise Invalid(key, f"duplicate entries {sorted(dup)}: give each a distinct 'label'")
+        if not self.attacks:
+            raise Invalid("attacks", "needs at least one attack")
+
+    def section(self, *names) -> dict:
+        """JSON-ready sub-tree, for artifact keys."""
+        return {n: to_dict(getattr(self, n)) for n in names}
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.file).parent if self.file else Path.cwd()
+
+
+def shipped_scenarios() -> list[str]:
+    return sorted(p.name[:-5] for p in SHIPPED.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise BenchError(f"{p}: scenario file not found")
+        return p
+    cand = SHIPPED / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        raise BenchError(f"unknown scenario '{name_or_path}'. Shipped scenarios: "
+                         f"{', '.join(shipped_scenarios())}; or pass a path to a YAML file.")
+    return Path(str(cand))
+
+
+def load_scenario(name_or_path: str = "digits", registry=None) -> Scenario:
+    """Load and validate a scenario; with a registry, also check that every plugin exists and
+    that every parameter override names a declared parameter of the right type."""
+    path = resolve(name_or_path)
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "<root>", f"not valid YAML: {e}") from None
+    sc = parse(Scenario, data, file=path)
+    sc.file, sc.sha256 = str(path), hashlib.sha256(raw).hexdigest()
+    if registry is not None:
+        for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
+            for i, spec in enumerate(specs):
+                registry.resolve_params(kind, spec.name, spec.params, where=f"{path}: key '{kind}s[{i}]'")
+    return sc

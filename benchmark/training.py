@@ -1,0 +1,127 @@
+"""Training and evaluation loops over tensors: whole batches, no per-sample Python work."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import device as dev
+from .data import ImageSet, to_float
+from .scenario import Augment, Recipe
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Batched random horizontal flip and random crop (zero padding), one draw per image."""
+    n, _, h, w = x.shape
+    if aug.hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    if aug.crop_pad:
+        p = aug.crop_pad
+        padded = F.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        rows = (oy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (ox.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows, cols]
+    return x
+
+
+def _schedule(opt, recipe: Recipe, total_steps: int):
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=max(total_steps, 1))
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1))))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except batch-norm layers whose parameters are all frozen keep their statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
+
+
+def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.device, seed: int,
+        desc: str = "train", progress: bool = True, after_step: Optional[Callable[[], None]] = None) -> nn.Module:
+    """Train the parameters that require grad with SGD (Nesterov) and the recipe's schedule."""
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n, bs = len(data), recipe.batch_size
+    if recipe.epochs == 0 or not params or n < 2:
+        return model
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = n // bs + (1 if n % bs >= 2 else 0)  # a last batch of one would break batch-norm
+    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
+                          weight_decay=recipe.weight_decay)
+    sched = _schedule(opt, recipe, recipe.epochs * steps_per_epoch)
+    scaler = dev.grad_scaler(device)
+    images, labels = data.images, data.labels
+    if device.type == "cuda":
+        images, labels = images.pin_memory(), labels.pin_memory()
+    set_train_mode(model)
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, leave=False, disable=not progress, unit="step")
+    for _ in range(recipe.epochs):
+        perm = torch.randperm(n, generator=g)
+        for s in range(steps_per_epoch):
+            idx = perm[s * bs:(s + 1) * bs]
+            x = augment(to_float(images[idx], device), recipe.augment, g)
+            y = labels[idx].to(device, non_blocking=True)
+            with dev.autocast(device):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: ImageSet, *, device: torch.device, transform: Optional[Transform] = None,
+            batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels for every image, optionally after `transform` (e.g. a trigger) on the device."""
+    return logits(model, data, device=device, transform=transform, batch_size=batch_size).argmax(1)
+
+
+@torch.inference_mode()
+def logits(model: nn.Module, data: ImageSet, *, device: torch.device, transform: Optional[Transform] = None,
+           batch_size: int = 512) -> torch.Tensor:
+    model.to(device).eval()
+    out = []
+    for x, _ in data.batches(batch_size, device):
+        if transform is not None:
+            x = transform(x)
+        with dev.autocast(device):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.inference_mode()
+def scores(fn: Transform, data: ImageSet, *, device: torch.device, transform: Optional[Transform] = None,
+           batch_size: int = 256) -> torch.Tensor:
+    """Apply a per-input scorer to every image (optionally transformed first); returns a 1-D CPU tensor."""
+    out = []
+    for x, _ in data.batches(batch_size, device):
+        if transform is not None:
+            x = transform(x)
+        out.append(torch.as_tensor(fn(x)).float().flatten().cpu())
+    return torch.cat(out) if out else torch.empty(0)

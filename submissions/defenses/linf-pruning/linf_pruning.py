@@ -1,0 +1,64 @@
+"""l_inf neuron pruning (Cheng et al. 2020), on the last feature map, then a brief fine-tune."""
+import torch
+
+from benchmark import Defense, DefenseOutput, models
+from benchmark.scenario import Recipe
+
+STATISTICS = ("linf", "l2", "l1")
+
+
+def channel_norms(model, clean, device, statistic: str = "linf", batch_size: int = 256) -> torch.Tensor:
+    """Mean over inputs of each channel's activation-map norm at the last feature map: (C,)."""
+    total, n = None, 0
+    model.to(device).eval()
+    with torch.inference_mode():
+        for x, _ in clean.batches(batch_size, device):
+            f = model.features(x).float()
+            f = f.flatten(2) if f.ndim == 4 else f.transpose(1, 2)  # (N, C, positions)
+            a = f.abs()
+            s = a.amax(2) if statistic == "linf" else (a.pow(2).sum(2).sqrt() if statistic == "l2" else a.sum(2))
+            total = s.sum(0) if total is None else total + s.sum(0)
+            n += len(x)
+    return (total / n).cpu()
+
+
+def robust_z(s: torch.Tensor) -> torch.Tensor:
+    """(s - median) / (1.4826 * MAD), with numpy's median (mean of the two middle values)."""
+    import numpy as np
+    v = s.double().numpy()
+    med = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - med))
+    return torch.from_numpy((v - med) / mad if mad > 0 else np.zeros_like(v))
+
+
+class LinfPruning(Defense):
+    def __init__(self, **params):
+        super().__init__(**params)
+        if params["statistic"] not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {params['statistic']!r}")
+        if not 0 <= params["max_ratio"] <= 1 or not 0 <= params["ratio"] <= 1:
+            raise ValueError("ratio and max_ratio must lie in [0, 1]")
+
+    def select(self, z: torch.Tensor) -> list[int]:
+        order = torch.argsort(z, descending=True, stable=True)
+        if self.params["ratio"] > 0:
+            return order[:round(self.params["ratio"] * len(z))].tolist()
+        cap = int(self.params["max_ratio"] * len(z))
+        return [int(c) for c in order[:cap] if z[c] > self.params["threshold"]]
+
+    def run(self, model, clean, ctx):
+        p = self.params
+        norms = channel_norms(model, clean, ctx.device, p["statistic"])
+        z = robust_z(norms)
+        pruned = self.select(z)
+        with torch.no_grad():
+            model.feature_mask[pruned] = 0.0
+        models.set_protocol(model, "full")
+        recipe = Recipe(epochs=p["finetune_epochs"], lr=p["lr"], batch_size=p["batch_size"])
+        ctx.train(model, clean, recipe, desc="linf-pruning finetune")
+        return DefenseOutput(
+            model=model,
+            model_score=float(z.max()),
+            info={"layer": "last feature map", "channels": len(z), "pruned": pruned,
+                  "pruned_z": [round(float(z[c]), 3) for c in pruned], "statistic": p["statistic"]},
+        )
