@@ -23,12 +23,16 @@ def channel_norms(model, clean, device, statistic: str = "linf", batch_size: int
 
 
 def robust_z(s: torch.Tensor) -> torch.Tensor:
-    """(s - median) / (1.4826 * MAD), with numpy's median (mean of the two middle values)."""
+    """(s - median) / (1.4826 * MAD), with numpy's median (mean of the two middle values). When over half
+    the channels share one value (e.g. dead ReLU channels at 0) the MAD is 0; the scale is then the mean
+    absolute deviation from the median times sqrt(pi/2) (its consistency constant for normal data)."""
     import numpy as np
     v = s.double().numpy()
     med = np.median(v)
-    mad = 1.4826 * np.median(np.abs(v - med))
-    return torch.from_numpy((v - med) / mad if mad > 0 else np.zeros_like(v))
+    scale = 1.4826 * np.median(np.abs(v - med))
+    if scale == 0:
+        scale = np.sqrt(np.pi / 2) * np.mean(np.abs(v - med))
+    return torch.from_numpy((v - med) / scale if scale > 0 else np.zeros_like(v))
 
 
 class LinfPruning(Defense):

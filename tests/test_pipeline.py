@@ -1,0 +1,137 @@
+"""The whole chain on the embedded default scenario: scores, caching, failures, result files."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmark.pipeline import Runner, cell_path
+from benchmark.registry import Registry
+from benchmark.scenario import PluginSpec, load_scenario
+from benchmark.store import Store
+
+from .conftest import REPO, write_submission
+
+CRASH = """
+from benchmark import Defense
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        raise RuntimeError("deliberate crash")
+"""
+
+# scores an input by the brightness of its bottom-right 3x3 corner (where BadNets puts its patch);
+# `sign` -1 inverts it: the harness's AUROC must follow the score's direction
+CORNER = """
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return DefenseOutput(input_scorer=lambda x: self.params["sign"] * x[:, :, -3:, -3:].mean((1, 2, 3)),
+                             model_score=0.25)
+"""
+
+
+class Run:
+    def __init__(self, home, registry, sc, defenses, seeds=(0,)):
+        self.runner = Runner(sc, registry, Store(home / "store"), home / "results", torch.device("cpu"),
+                             progress=False, log=lambda m: None)
+        self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
+                                     seeds=list(seeds))
+
+    def cell(self, defense):
+        return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense)
+
+    @property
+    def computed(self):
+        return [stage for stage, _ in self.runner.store.computed]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bdbench")
+    subs = home / "subs"
+    write_submission(subs, "defense", "crash", CRASH)
+    write_submission(subs, "defense", "corner", CORNER, params={"sign": 1.0})
+    registry = Registry([REPO / "submissions", subs], entry_points=False)
+    sc = load_scenario("digits", registry)
+    first = Run(home, registry, sc, ["finetune"])
+    second = Run(home, registry, sc, ["finetune", "linf-pruning", "crash"])
+    return home, registry, sc, first, second
+
+
+def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(env):
+    *_, first, _ = env
+    m = first.cell(None)["metrics"]
+    assert m["upstream"]["backdoored"]["asr"] >= 0.9
+    assert m["upstream"]["clean"]["asr"] <= 0.1
+    assert m["upstream"]["clean"]["ca"] >= 0.9 and m["upstream"]["backdoored"]["ca"] >= 0.9
+    for which in ("clean", "backdoored"):
+        t = m["transfer"][which]
+        assert t["ca"] >= 0.85 and 0 <= t["asr"] <= 1 and t["target"] in range(5)
+
+
+def test_first_run_trains_each_stage_once(env):
+    *_, first, _ = env
+    assert sorted(first.computed) == sorted(["upstream", "backdoor", "downstream", "downstream", "defense"]
+                                            + ["eval"] * 4)
+
+
+def test_adding_a_defense_trains_nothing_but_that_defense(env):
+    *_, first, second = env
+    assert second.computed == ["defense"]  # linf-pruning; finetune reused; the crash stores nothing
+    assert second.cell("finetune")["metrics"] == first.cell("finetune")["metrics"]
+    assert second.cell(None)["artifacts"] == first.cell(None)["artifacts"]
+
+
+def test_a_crashing_defense_is_a_failed_cell_and_the_others_complete(env):
+    home, _, sc, _, second = env
+    crash = second.cell("crash")
+    assert crash["status"] == "failed" and crash["error"]["type"] == "RuntimeError"
+    assert "deliberate crash" in crash["error"]["message"] and crash["metrics"]["transfer"]
+    assert second.cell("finetune")["status"] == "ok" and second.cell("linf-pruning")["status"] == "ok"
+    saved = json.loads(cell_path(home / "results", sc, "badnets", "crash", 0).read_text())
+    assert saved["status"] == "failed"
+
+
+def test_defended_scores_and_linf_record(env):
+    *_, second = env
+    d = second.cell("linf-pruning")
+    m = d["metrics"]["defense"]
+    assert set(m) >= {"ca", "asr", "ra", "der", "model_score", "input_auroc", "repaired"}
+    assert m["repaired"] is True and m["input_auroc"] is None and isinstance(m["model_score"], float)
+    assert isinstance(d["info"]["pruned"], list) and d["info"]["channels"] > 0
+    before = d["metrics"]["transfer"]["backdoored"]
+    expect = (max(0, before["asr"] - m["asr"]) - max(0, before["ca"] - m["ca"]) + 1) / 2
+    assert m["der"] == pytest.approx(expect)
+
+
+def test_result_file_has_provenance(env):
+    home, _, sc, *_ = env
+    r = json.loads(cell_path(home / "results", sc, "badnets", "finetune", 0).read_text())
+    assert r["scenario"] == {"name": "digits", "version": sc.version, "sha256": sc.sha256}
+    assert r["seed"] == 0 and r["status"] == "ok" and r["attack"]["params"]["size"] == 3
+    assert set(r["wall_time_s"]) == {"upstream", "backdoor", "downstream_clean", "downstream", "defense"}
+    assert all(isinstance(v, float) for v in r["wall_time_s"].values())
+    prov = r["provenance"]
+    assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
+
+
+@pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
+def test_input_level_auroc_follows_the_score(env, sign, expected):
+    home, registry, sc, *_ = env
+    run = Run(home, registry, sc, [PluginSpec("corner", params={"sign": sign}, label=f"corner{sign}")])
+    m = run.cell(f"corner{sign}")["metrics"]["defense"]
+    # clean digits have a black corner, every triggered input a white one
+    assert m["input_auroc"] == pytest.approx(expected) and m["repaired"] is False
+    assert m["model_score"] == 0.25
+    assert m["asr"] == run.cell(None)["metrics"]["transfer"]["backdoored"]["asr"]  # no repair: same model
+
+
+def test_cli_prints_the_table_from_the_cache(env):
+    home, *_ = env
+    r = subprocess.run([sys.executable, "-m", "benchmark", "run", "--seeds", "0", "--defense", "finetune",
+                        "--workdir", str(home / "store"), "--results", str(home / "cli-results"), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "upstream backdoored" in r.stdout and "+ finetune" in r.stdout
+    assert "0 stages computed" in r.stdout
