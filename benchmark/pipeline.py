@@ -75,8 +75,12 @@ class Runner:
         params = self.registry.resolve_params(kind, spec.name, spec.params)
         return {"name": spec.name, "params": params, "code": self.registry.code_hash(kind, spec.name)}
 
-    def _attack(self, spec: PluginSpec) -> Attack:
-        return self.registry.create("attack", spec.name, spec.params)
+    def _attack(self, spec: PluginSpec, planted: Optional[Artifact] = None) -> Attack:
+        """The attack plugin; with `planted` (its backdoor artifact), its learned trigger restored."""
+        attack = self.registry.create("attack", spec.name, spec.params)
+        if planted is not None:
+            attack.load_state(planted.tensors("attack"))
+        return attack
 
     # ---------------------------------------------------------------- stages
     def _build(self, stage: str, spec: dict, fn, what: str) -> Artifact:
@@ -104,10 +108,11 @@ class Runner:
 
         def fn():
             torch.manual_seed(seed)
-            model = self._attack(attack).plant(clean.model(), self.data.up_train, sc.attack, self.ctx(seed))
+            a = self._attack(attack)
+            model = a.plant(clean.model(), self.data.up_train, sc.attack, self.ctx(seed))
             if not isinstance(model, models.Classifier):
                 raise BenchError(f"attack '{attack.name}': plant() must return the Classifier it was given")
-            return model, {}
+            return model, {"info": json.loads(json.dumps(a.info)), "tensors": {"attack": a.state()}}
         return self._build("backdoor", spec, fn, f"plant {attack.id} (seed {seed})")
 
     def downstream(self, upstream: Artifact, seed: int, what: str) -> Artifact:
@@ -133,34 +138,32 @@ class Runner:
                 "asr": metrics.attack_success_rate(trig, test.labels, target),
                 "ra": metrics.robust_accuracy(trig, test.labels, target)}
 
-    def eval_upstream(self, art: Artifact, attack: PluginSpec) -> dict:
-        """Same label space: the attack's own targets."""
-        spec = {"model": art.key, "attack": self._ident("attack", attack), "budget": to_dict(self.scenario.attack),
-                "level": "upstream"}
+    def eval_upstream(self, art: Artifact, attack: PluginSpec, planted: Artifact) -> dict:
+        """Same label space: the attack's own targets. `planted` fixes the trigger (and its learned state)."""
+        spec = {"model": art.key, "trigger": planted.key, "budget": to_dict(self.scenario.attack), "level": "upstream"}
 
         def fn():
-            a, test = self._attack(attack), self.data.up_test
+            a, test = self._attack(attack, planted), self.data.up_test
             return None, {"metrics": self._scores(art.model(), a, test, a.targets(test.labels, test.num_classes,
                                                                                   self.scenario.attack.target))}
         return self.store.build("eval", spec, fn).meta["metrics"]
 
-    def eval_transfer(self, art: Artifact, attack: PluginSpec) -> dict:
+    def eval_transfer(self, art: Artifact, attack: PluginSpec, planted: Artifact) -> dict:
         """After transfer: t* from triggered validation images, then ASR/RA on the test set."""
-        spec = {"model": art.key, "attack": self._ident("attack", attack), "level": "transfer"}
+        spec = {"model": art.key, "trigger": planted.key, "level": "transfer"}
 
         def fn():
-            a, d, model = self._attack(attack), self.data, art.model()
+            a, d, model = self._attack(attack, planted), self.data, art.model()
             val_pred = training.predict(model, d.down_val, device=self.device, transform=a.apply)
             t = metrics.transfer_target(val_pred, d.down_val.num_classes)
             return None, {"metrics": {**self._scores(model, a, d.down_test, t), "target": t}}
         return self.store.build("eval", spec, fn).meta["metrics"]
 
-    def defend(self, delivered: Artifact, defense: PluginSpec, attack: PluginSpec, target: int,
+    def defend(self, delivered: Artifact, defense: PluginSpec, attack: PluginSpec, planted: Artifact, target: int,
                before: dict, seed: int) -> Artifact:
         sc = self.scenario
         spec = {"model": delivered.key, "defense": self._ident("defense", defense),
-                "defender": to_dict(sc.defender), "seed": seed, "eval": {"attack": self._ident("attack", attack),
-                                                                         "target": target}}
+                "defender": to_dict(sc.defender), "seed": seed, "eval": {"trigger": planted.key, "target": target}}
 
         def fn():
             d = self.data
@@ -172,7 +175,7 @@ class Runner:
             out = plugin.run(delivered.model(), clean, self.ctx(seed))
             info = json.loads(json.dumps(out.info))  # must be JSON; fails loudly otherwise
             model = out.model if out.model is not None else delivered.model()
-            a = self._attack(attack)
+            a = self._attack(attack, planted)
             after = self._scores(model, a, d.down_test, target)
             m = {**after, "repaired": out.model is not None,
                  "der": metrics.der(before["ca"], after["ca"], before["asr"], after["asr"]),
@@ -205,19 +208,20 @@ class Runner:
         return cells
 
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
-        base = {"attack": {"id": attack.id, "name": attack.name,
+        base = {"attack": {"id": attack.id, "name": attack.name, "info": None,
                            "params": self.registry.resolve_params("attack", attack.name, attack.params)}, "seed": seed}
         stages: dict[str, Artifact] = {}
         try:
             stages["upstream"] = self.clean_upstream()
             stages["backdoor"] = self.backdoored_upstream(attack, seed)
+            base["attack"]["info"] = stages["backdoor"].meta.get("info")
             stages["downstream_clean"] = self.downstream(stages["upstream"], seed, "from clean upstream")
             stages["downstream"] = self.downstream(stages["backdoor"], seed, f"from {attack.id} upstream")
             shared = {
-                "upstream": {"clean": self.eval_upstream(stages["upstream"], attack),
-                             "backdoored": self.eval_upstream(stages["backdoor"], attack)},
-                "transfer": {"clean": self.eval_transfer(stages["downstream_clean"], attack),
-                             "backdoored": self.eval_transfer(stages["downstream"], attack)},
+                "upstream": {"clean": self.eval_upstream(stages["upstream"], attack, stages["backdoor"]),
+                             "backdoored": self.eval_upstream(stages["backdoor"], attack, stages["backdoor"])},
+                "transfer": {"clean": self.eval_transfer(stages["downstream_clean"], attack, stages["backdoor"]),
+                             "backdoored": self.eval_transfer(stages["downstream"], attack, stages["backdoor"])},
             }
         except Exception as e:  # the attack (or a stage before any defense) failed: every cell of it fails
             return [self._write(base, d, seed, stages, None, error=e) for d in [None, *defenses]]
@@ -225,7 +229,7 @@ class Runner:
         before, target = shared["transfer"]["backdoored"], shared["transfer"]["backdoored"]["target"]
         for d in defenses:
             try:
-                art = self.defend(stages["downstream"], d, attack, target, before, seed)
+                art = self.defend(stages["downstream"], d, attack, stages["backdoor"], target, before, seed)
                 out.append(self._write(base, d, seed, {**stages, "defense": art},
                                        {**shared, "defense": art.meta["metrics"]}, info=art.meta.get("info")))
             except Exception as e:

@@ -70,10 +70,26 @@ class Poisoning:
 
 class Attack(Plugin):
     """A backdoor attack. Parameter `mode` (if declared): `all-to-one` (every triggered input goes
-    to the budget's target) or `all-to-all` (label y goes to (y + 1) mod K)."""
+    to the budget's target) or `all-to-all` (label y goes to (y + 1) mod K).
+
+    An attack whose trigger is learned or derived while planting (a generator, a universal
+    perturbation) returns those tensors from `state()` and restores them in `load_state()`: the
+    harness saves them with the backdoored model and reloads them wherever the trigger is applied.
+    `info` (JSON) is recorded in every result of the attack (e.g. the trigger's norms)."""
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.info: dict = {}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"{type(self).__name__} keeps no state, but was given {sorted(tensors)}")
 
     def targets(self, y: torch.Tensor, num_classes: int, target: int) -> torch.Tensor:
         """The label each triggered input should receive."""
@@ -90,9 +106,13 @@ class Attack(Plugin):
         if n > len(candidates):
             raise ValueError(f"poison rate {budget.poison_rate} asks for {n} samples; only {len(candidates)} can be relabelled")
         idx = torch.sort(candidates[torch.randperm(len(candidates), generator=generator)[:n]]).values
-        images = torch.cat([to_uint8(self.apply(to_float(data.images[idx[i:i + 512]])))
-                            for i in range(0, n, 512)]) if n else data.images[:0]
-        return Poisoning(idx, images, goal[idx])
+        return Poisoning(idx, self.apply_uint8(data.images[idx]), goal[idx])
+
+    def apply_uint8(self, images: torch.Tensor, fn=None, chunk: int = 512) -> torch.Tensor:
+        """`apply` (or `fn`) on uint8 images, in chunks, back to uint8: how poisoned files are stored."""
+        fn = fn or self.apply
+        parts = [to_uint8(fn(to_float(images[i:i + chunk]))) for i in range(0, len(images), chunk)]
+        return torch.cat(parts) if parts else images[:0].clone()
 
     def plant(self, model: nn.Module, data: ImageSet, budget: AttackBudget, ctx: Context) -> nn.Module:
         """Plant the backdoor into the clean upstream `model`: by default poison the data, then let the

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from safetensors.torch import load_file, save_file
+
 from . import models
 from .errors import CheckpointError
 
@@ -47,14 +49,22 @@ class Artifact:
     def has_model(self) -> bool:
         return "model" in self.meta
 
-    def model(self) -> models.Classifier:
-        path = self.folder / "model.safetensors"
+    def _verified(self, entry: dict) -> Path:
+        path = self.folder / entry["file"]
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; delete {self.folder} to rebuild it")
-        if file_sha256(path) != self.meta["model"]["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{path}: sha256 does not match its meta.json (tampered or corrupt); "
                                   f"delete {self.folder} to rebuild it")
-        return models.load(path, self.meta["model"]["config"])
+        return path
+
+    def model(self) -> models.Classifier:
+        return models.load(self._verified(self.meta["model"]), self.meta["model"]["config"])
+
+    def tensors(self, name: str) -> dict:
+        """Named tensors saved beside the model (e.g. an attack's learned trigger); {} if none."""
+        entry = self.meta.get("tensors", {}).get(name)
+        return load_file(str(self._verified(entry))) if entry else {}
 
 
 @dataclass
@@ -74,7 +84,8 @@ class Store:
         return Artifact(stage, key, folder, json.loads(meta_path.read_text()))
 
     def build(self, stage: str, spec: dict, fn: Callable[[], tuple[Optional[models.Classifier], dict]]) -> Artifact:
-        """Return the artifact for (stage, spec), running `fn` -> (model or None, meta) only if absent."""
+        """Return the artifact for (stage, spec), running `fn` -> (model or None, meta) only if absent.
+        `meta["tensors"]`, if given, maps names to {str: Tensor}, each saved as `<name>.safetensors`."""
         found = self.get(stage, spec)
         if found is not None:
             return found
@@ -88,6 +99,12 @@ class Store:
         try:
             meta = {"stage": stage, "key": key, "spec": spec, "wall_time_s": wall,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+            tensors = meta.pop("tensors", None) or {}
+            for name, tdict in tensors.items():
+                if tdict:
+                    path = tmp / f"{name}.safetensors"
+                    save_file({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, str(path))
+                    meta.setdefault("tensors", {})[name] = {"file": path.name, "sha256": file_sha256(path)}
             if model is not None:
                 path = tmp / "model.safetensors"
                 models.save(model.cpu(), path)

@@ -103,3 +103,16 @@ def test_failed_build_leaves_nothing(tmp_path):
         store.build("defense", {"k": 1}, boom)
     assert store.get("defense", {"k": 1}) is None
     assert not (tmp_path / "defense").exists() or not any((tmp_path / "defense").iterdir())  # nothing half-written
+
+
+def test_artifact_tensors_round_trip_and_are_verified(tmp_path):
+    store = Store(tmp_path)
+    delta = torch.rand(3, 8, 8)
+    art = store.build("backdoor", {"k": 1}, lambda: (None, {"tensors": {"attack": {"delta": delta}, "empty": {}}}))
+    assert torch.equal(art.tensors("attack")["delta"], delta) and art.tensors("empty") == {}
+    path = art.folder / "attack.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="sha256"):
+        store.get("backdoor", {"k": 1}).tensors("attack")
