@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"bdbench {__version__} · scenario {sc.name} v{sc.version} · device {describe(device)} · store {args.workdir}")
     runner = Runner(sc, registry, Store(Path(args.workdir)), Path(args.results), device,
-                    progress=not args.quiet, log=log)
+                    progress=not args.quiet, log=log, zoo=_zoo(args))
     t0 = time.perf_counter()
     cells = runner.run(attacks, defenses, args.seeds)
     wall = time.perf_counter() - t0
@@ -47,6 +47,82 @@ def cmd_run(args) -> int:
     print(f"{len(cells)} cells ({failed} failed) in {wall:.1f} s; results in {args.results}/{sc.name}-v{sc.version}/; "
           f"{len(runner.store.computed)} stages computed, the rest reused from {args.workdir}")
     return 1 if failed and args.strict else 0
+
+
+def _zoo(args):
+    from .zoo import SHIPPED, Zoo
+    if getattr(args, "no_zoo", False):
+        return None
+    return Zoo(args.zoo or SHIPPED)
+
+
+def cmd_pull(args) -> int:
+    from . import hub
+    from .scenario import load_scenario
+
+    zoo = _zoo(args)
+    if args.scenario:
+        entries = zoo.for_scenario(load_scenario(args.scenario))
+        if not entries:
+            print(f"{zoo.path} lists no checkpoint for scenario {args.scenario}")
+    else:
+        if not args.name:
+            raise SystemExit("bdbench pull: give a checkpoint NAME or --scenario S")
+        entries = [zoo[args.name]]
+    for c in entries:
+        paths = hub.pull(c)
+        print(f"{c.name}: {c.repo}@{c.revision[:12]} verified (sha256 {c.model.sha256[:12]}…) -> {paths['model']}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    import os
+    import torch
+    from . import hub
+    from .pipeline import Runner
+    from .scenario import PluginSpec, load_scenario
+    from .store import Store
+    from .zoo import AttackRef, Checkpoint, FileRef, ScenarioRef, entry_yaml
+
+    registry = _registry(args)
+    sc = load_scenario(args.scenario, registry)
+    runner = Runner(sc, registry, Store(Path(args.workdir)), Path("."), torch.device("cpu"), progress=False,
+                    log=lambda m: None, zoo=None, build=False)
+    if args.stage == "upstream":
+        art, attack_ref, scores = runner.clean_upstream(), None, None
+        scores = dict(art.meta.get("metrics", {}))
+    else:
+        spec = next((a for a in sc.attacks if a.id == args.attack), None)
+        if spec is None:
+            raise SystemExit(f"bdbench publish: scenario {sc.name} has no attack '{args.attack}' "
+                             f"(it has {', '.join(a.id for a in sc.attacks)})")
+        art = runner.backdoored_upstream(spec, args.seed)
+        params = registry.resolve_params("attack", spec.name, spec.params)
+        attack_ref = AttackRef(spec.name, params, sc.attack.target, sc.attack.poison_rate)
+        scores = {f"upstream_{k}": v for k, v in runner.eval_upstream(art, spec, art).items()}
+    folder = Path(args.out or f"bdbench-publish/{args.repo.replace('/', '--')}")
+    trigger = art.folder / art.meta["tensors"]["attack"]["file"] if art.meta.get("tensors", {}).get("attack") else None
+    bd = {"stage": args.stage, "scenario": {"name": sc.name, "version": sc.version}, "seed": args.seed,
+          "attack": None if attack_ref is None else {"name": attack_ref.name, "params": attack_ref.params,
+                                                     "target": attack_ref.target, "poison_rate": attack_ref.poison_rate},
+          "scores": scores, "artifact": art.key, "licence": args.licence}
+    hub.write_folder(folder, art.folder / "model.safetensors", art.meta["model"]["config"], bd, trigger)
+    token = os.environ.get("HF_TOKEN")
+    revision = hub.upload(folder, args.repo, token) if token and not args.dry_run else None
+    entry = Checkpoint(
+        name=args.name or f"{sc.name}-v{sc.version}-{args.stage if attack_ref is None else args.attack}-seed{args.seed}",
+        repo=args.repo, revision=revision or "0" * 40, model=FileRef("model.safetensors", hub.file_sha256(folder / "model.safetensors")),
+        config=art.meta["model"]["config"], scenario=ScenarioRef(sc.name, sc.version), stage=args.stage, seed=args.seed,
+        attack=attack_ref, trigger=FileRef("trigger.safetensors", hub.file_sha256(folder / "trigger.safetensors")) if trigger else None,
+        scores=scores, licence=args.licence)
+    print(f"wrote {folder}/ (model.safetensors, config.json, README.md{', trigger.safetensors' if trigger else ''})")
+    if revision:
+        print(f"uploaded to {hub.endpoint()}/{args.repo} at revision {revision}")
+    else:
+        print("not uploaded (no HF_TOKEN, or --dry-run): push this folder, then set 'revision' to the commit sha")
+    print("zoo entry for benchmark/zoo.yaml:")
+    print(entry_yaml(entry))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -96,7 +172,28 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    r.add_argument("--zoo", metavar="FILE", help="zoo registry of published checkpoints [benchmark/zoo.yaml]")
+    r.add_argument("--no-zoo", action="store_true", help="build every upstream checkpoint locally")
     r.set_defaults(fn=cmd_run)
+
+    pl = sub.add_parser("pull", help="download published checkpoints at their pinned revision and verify them")
+    pl.add_argument("name", nargs="?", help="checkpoint name in the zoo registry")
+    pl.add_argument("--scenario", help="every checkpoint the zoo lists for this scenario")
+    pl.add_argument("--zoo", metavar="FILE", help="zoo registry [benchmark/zoo.yaml]")
+    pl.set_defaults(fn=cmd_pull)
+
+    pb = sub.add_parser("publish", parents=[common], help="turn a finished stage into a Hub repository")
+    pb.add_argument("scenario")
+    pb.add_argument("--stage", choices=["upstream", "backdoor"], default="backdoor")
+    pb.add_argument("--attack", help="attack id in the scenario (stage backdoor)")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--repo", required=True, help="ORG/NAME on the Hub")
+    pb.add_argument("--name", help="the zoo entry's name [SCENARIO-vN-ATTACK-seedS]")
+    pb.add_argument("--licence", default="apache-2.0")
+    pb.add_argument("--out", help="folder to write [bdbench-publish/ORG--NAME]")
+    pb.add_argument("--dry-run", action="store_true", help="write the folder only, even with HF_TOKEN set")
+    pb.add_argument("--workdir", default=str(_home()), help="the artifact store the stage was run in")
+    pb.set_defaults(fn=cmd_publish)
 
     ls = sub.add_parser("list", parents=[common], help="list scenarios, attacks and defenses")
     ls.add_argument("what", nargs="?", choices=["scenarios", "attacks", "defenses"])

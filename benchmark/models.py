@@ -69,8 +69,11 @@ def load(path: Path, config: dict | None = None) -> Classifier:
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (a pickle can run code); "
                               f"convert it with safetensors.torch.save_model")
-    if config is None:
-        config = json.loads(path.with_suffix(".config.json").read_text())
+    if config is None:  # beside the weights: <name>.config.json (the store) or config.json (a Hub repo)
+        cfg = next((c for c in (path.with_suffix(".config.json"), path.with_name("config.json")) if c.is_file()), None)
+        if cfg is None:
+            raise CheckpointError(f"{path}: no {path.with_suffix('.config.json').name} or config.json beside it")
+        config = json.loads(cfg.read_text())
     model = from_config(config)
     try:
         missing, unexpected = load_model(model, str(path), strict=True)

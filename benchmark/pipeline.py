@@ -28,6 +28,7 @@ from .provenance import collect
 from .registry import Registry
 from .scenario import PluginSpec, Scenario
 from .store import Artifact, Store
+from .zoo import Checkpoint, Zoo
 
 RESULT_SCHEMA = 1
 
@@ -54,6 +55,8 @@ class Runner:
     device: torch.device
     progress: bool = True
     log: Callable[[str], None] = print
+    zoo: Optional[Zoo] = None   # published checkpoints to use instead of building upstream stages
+    build: bool = True          # False: only look up finished stages (e.g. to publish one)
     _data: Optional[Data] = field(default=None, init=False)
 
     # ---------------------------------------------------------------- data
@@ -86,11 +89,35 @@ class Runner:
     def _build(self, stage: str, spec: dict, fn, what: str) -> Artifact:
         found = self.store.get(stage, spec)
         if found is None:
+            if not self.build:
+                raise BenchError(f"stage '{stage}' ({what}) has not been run in {self.store.root}; run it first")
             self.log(f"[{stage}] {what}")
         return found or self.store.build(stage, spec, fn)
 
+    def _from_zoo(self, c: Checkpoint, attack: Optional[Attack] = None):
+        """A stage's output taken from a published checkpoint: pulled, verified, loaded."""
+        from safetensors.torch import load_file
+
+        from . import hub
+        paths = hub.pull(c)
+        model = models.load(paths["model"], c.config)
+        tensors = load_file(str(paths["trigger"])) if "trigger" in paths else {}
+        if attack is not None:
+            attack.load_state(tensors)  # fails loudly if the trigger does not fit the attack
+        info = {"zoo": {"name": c.name, "repo": c.repo, "revision": c.revision}}
+        return model, {"info": info, "metrics": c.scores, "tensors": {"attack": tensors}}
+
+    @staticmethod
+    def _zoo_spec(c: Checkpoint) -> dict:
+        return {"repo": c.repo, "revision": c.revision, "model": c.model.sha256,
+                "trigger": c.trigger.sha256 if c.trigger else None}
+
     def clean_upstream(self) -> Artifact:
         sc = self.scenario
+        entry = self.zoo.find(sc, "upstream", sc.upstream.seed) if self.zoo else None
+        if entry is not None:
+            return self._build("upstream", {"zoo": self._zoo_spec(entry)}, lambda: self._from_zoo(entry),
+                               f"pull clean upstream {entry.name} from {entry.repo}")
         spec = {"image": to_dict(sc.image), "upstream": to_dict(sc.upstream)}
 
         def fn():
@@ -103,8 +130,15 @@ class Runner:
         return self._build("upstream", spec, fn, f"train clean {sc.upstream.arch} on upstream data")
 
     def backdoored_upstream(self, attack: PluginSpec, seed: int) -> Artifact:
-        sc, clean = self.scenario, self.clean_upstream()
-        spec = {"clean": clean.key, "attack": self._ident("attack", attack), "budget": to_dict(sc.attack), "seed": seed}
+        sc = self.scenario
+        ident = self._ident("attack", attack)
+        entry = self.zoo.find(sc, "backdoor", seed, attack.name, ident["params"]) if self.zoo else None
+        if entry is not None:
+            return self._build("backdoor", {"zoo": self._zoo_spec(entry), "attack": ident},
+                               lambda: self._from_zoo(entry, self._attack(attack)),
+                               f"pull {attack.id} (seed {seed}) from {entry.repo}")
+        clean = self.clean_upstream()
+        spec = {"clean": clean.key, "attack": ident, "budget": to_dict(sc.attack), "seed": seed}
 
         def fn():
             torch.manual_seed(seed)

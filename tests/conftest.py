@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from benchmark.data import ImageSet
+from benchmark.pipeline import Runner
 from benchmark.registry import Registry
+from benchmark.scenario import PluginSpec, load_scenario
+from benchmark.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -34,3 +37,51 @@ def write_submission(root: Path, kind: str, name: str, code: str, params: dict |
         "name": name, "kind": kind, "entry": "plugin:Plugin", "paper": "test", "authors": ["test"],
         "licence": "Apache-2.0", "parameters": params or {}}))
     return folder
+
+
+CRASH = """
+from benchmark import Defense
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        raise RuntimeError("deliberate crash")
+"""
+
+# scores an input by the brightness of its bottom-right 3x3 corner (where BadNets puts its patch);
+# `sign` -1 inverts it: the harness's AUROC must follow the score's direction
+CORNER = """
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return DefenseOutput(input_scorer=lambda x: self.params["sign"] * x[:, :, -3:, -3:].mean((1, 2, 3)),
+                             model_score=0.25)
+"""
+
+
+class Run:
+    def __init__(self, home, registry, sc, defenses, seeds=(0,), zoo=None):
+        self.runner = Runner(sc, registry, Store(home / "store"), home / "results", torch.device("cpu"),
+                             progress=False, log=lambda m: None, zoo=zoo)
+        self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
+                                     seeds=list(seeds))
+
+    def cell(self, defense):
+        return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense)
+
+    @property
+    def computed(self):
+        return [stage for stage, _ in self.runner.store.computed]
+
+
+@pytest.fixture(scope="session")
+def digits_env(tmp_path_factory):
+    """The embedded default scenario run once for the session (seed 0): first with finetune, then adding
+    linf-pruning and a crashing defense, in one store."""
+    home = tmp_path_factory.mktemp("bdbench")
+    subs = home / "subs"
+    write_submission(subs, "defense", "crash", CRASH)
+    write_submission(subs, "defense", "corner", CORNER, params={"sign": 1.0})
+    registry = Registry([REPO / "submissions", subs], entry_points=False)
+    sc = load_scenario("digits", registry)
+    first = Run(home, registry, sc, ["finetune"])
+    second = Run(home, registry, sc, ["finetune", "linf-pruning", "crash"])
+    return home, registry, sc, first, second

@@ -4,63 +4,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from benchmark.pipeline import Runner, cell_path
-from benchmark.registry import Registry
-from benchmark.scenario import PluginSpec, load_scenario
-from benchmark.store import Store
+from benchmark.pipeline import cell_path
+from benchmark.scenario import PluginSpec
 
-from .conftest import REPO, write_submission
+from .conftest import Run
 
-CRASH = """
-from benchmark import Defense
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        raise RuntimeError("deliberate crash")
-"""
-
-# scores an input by the brightness of its bottom-right 3x3 corner (where BadNets puts its patch);
-# `sign` -1 inverts it: the harness's AUROC must follow the score's direction
-CORNER = """
-from benchmark import Defense, DefenseOutput
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        return DefenseOutput(input_scorer=lambda x: self.params["sign"] * x[:, :, -3:, -3:].mean((1, 2, 3)),
-                             model_score=0.25)
-"""
-
-
-class Run:
-    def __init__(self, home, registry, sc, defenses, seeds=(0,)):
-        self.runner = Runner(sc, registry, Store(home / "store"), home / "results", torch.device("cpu"),
-                             progress=False, log=lambda m: None)
-        self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
-                                     seeds=list(seeds))
-
-    def cell(self, defense):
-        return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense)
-
-    @property
-    def computed(self):
-        return [stage for stage, _ in self.runner.store.computed]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("bdbench")
-    subs = home / "subs"
-    write_submission(subs, "defense", "crash", CRASH)
-    write_submission(subs, "defense", "corner", CORNER, params={"sign": 1.0})
-    registry = Registry([REPO / "submissions", subs], entry_points=False)
-    sc = load_scenario("digits", registry)
-    first = Run(home, registry, sc, ["finetune"])
-    second = Run(home, registry, sc, ["finetune", "linf-pruning", "crash"])
-    return home, registry, sc, first, second
-
-
-def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(env):
-    *_, first, _ = env
+def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(digits_env):
+    *_, first, _ = digits_env
     m = first.cell(None)["metrics"]
     assert m["upstream"]["backdoored"]["asr"] >= 0.9
     assert m["upstream"]["clean"]["asr"] <= 0.1
@@ -70,21 +21,21 @@ def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(env):
         assert t["ca"] >= 0.85 and 0 <= t["asr"] <= 1 and t["target"] in range(5)
 
 
-def test_first_run_trains_each_stage_once(env):
-    *_, first, _ = env
+def test_first_run_trains_each_stage_once(digits_env):
+    *_, first, _ = digits_env
     assert sorted(first.computed) == sorted(["upstream", "backdoor", "downstream", "downstream", "defense"]
                                             + ["eval"] * 4)
 
 
-def test_adding_a_defense_trains_nothing_but_that_defense(env):
-    *_, first, second = env
+def test_adding_a_defense_trains_nothing_but_that_defense(digits_env):
+    *_, first, second = digits_env
     assert second.computed == ["defense"]  # linf-pruning; finetune reused; the crash stores nothing
     assert second.cell("finetune")["metrics"] == first.cell("finetune")["metrics"]
     assert second.cell(None)["artifacts"] == first.cell(None)["artifacts"]
 
 
-def test_a_crashing_defense_is_a_failed_cell_and_the_others_complete(env):
-    home, _, sc, _, second = env
+def test_a_crashing_defense_is_a_failed_cell_and_the_others_complete(digits_env):
+    home, _, sc, _, second = digits_env
     crash = second.cell("crash")
     assert crash["status"] == "failed" and crash["error"]["type"] == "RuntimeError"
     assert "deliberate crash" in crash["error"]["message"] and crash["metrics"]["transfer"]
@@ -93,8 +44,8 @@ def test_a_crashing_defense_is_a_failed_cell_and_the_others_complete(env):
     assert saved["status"] == "failed"
 
 
-def test_defended_scores_and_linf_record(env):
-    *_, second = env
+def test_defended_scores_and_linf_record(digits_env):
+    *_, second = digits_env
     d = second.cell("linf-pruning")
     m = d["metrics"]["defense"]
     assert set(m) >= {"ca", "asr", "ra", "der", "model_score", "input_auroc", "repaired"}
@@ -105,8 +56,8 @@ def test_defended_scores_and_linf_record(env):
     assert m["der"] == pytest.approx(expect)
 
 
-def test_result_file_has_provenance(env):
-    home, _, sc, *_ = env
+def test_result_file_has_provenance(digits_env):
+    home, _, sc, *_ = digits_env
     r = json.loads(cell_path(home / "results", sc, "badnets", "finetune", 0).read_text())
     assert r["scenario"] == {"name": "digits", "version": sc.version, "sha256": sc.sha256}
     assert r["seed"] == 0 and r["status"] == "ok" and r["attack"]["params"]["size"] == 3
@@ -117,8 +68,8 @@ def test_result_file_has_provenance(env):
 
 
 @pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
-def test_input_level_auroc_follows_the_score(env, sign, expected):
-    home, registry, sc, *_ = env
+def test_input_level_auroc_follows_the_score(digits_env, sign, expected):
+    home, registry, sc, *_ = digits_env
     run = Run(home, registry, sc, [PluginSpec("corner", params={"sign": sign}, label=f"corner{sign}")])
     m = run.cell(f"corner{sign}")["metrics"]["defense"]
     # clean digits have a black corner, every triggered input a white one
@@ -127,8 +78,8 @@ def test_input_level_auroc_follows_the_score(env, sign, expected):
     assert m["asr"] == run.cell(None)["metrics"]["transfer"]["backdoored"]["asr"]  # no repair: same model
 
 
-def test_cli_prints_the_table_from_the_cache(env):
-    home, *_ = env
+def test_cli_prints_the_table_from_the_cache(digits_env):
+    home, *_ = digits_env
     r = subprocess.run([sys.executable, "-m", "benchmark", "run", "--seeds", "0", "--defense", "finetune",
                         "--workdir", str(home / "store"), "--results", str(home / "cli-results"), "--quiet"],
                        capture_output=True, text=True, timeout=300)
