@@ -30,8 +30,9 @@ def cmd_run(args) -> int:
 
     registry = _registry(args)
     sc = load_scenario(args.scenario, registry)
-    attacks = [PluginSpec(n) for n in args.attack] if args.attack else None
-    defenses = [PluginSpec(n) for n in args.defense] if args.defense is not None else None
+    pick_ = lambda n, specs: next((s for s in specs if s.id == n), None) or PluginSpec(n)  # noqa: E731
+    attacks = [pick_(n, sc.attacks) for n in args.attack] if args.attack else None
+    defenses = [pick_(n, sc.defenses) for n in args.defense] if args.defense is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick(args.device)
@@ -125,6 +126,30 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    from . import site
+    t0 = time.perf_counter()
+    counts = site.build(Path(args.results), Path(args.out), _registry(args))
+    print(f"built {args.out}/index.html from {counts['cells']} cells ({counts['scenarios']} scenarios, "
+          f"{counts['submissions']} submission pages) in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+    compare(Path(args.results), args.scenario, args.names, args.version)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .validate import validate
+    problems = validate(Path(args.path), time_limit=args.time_limit, workdir=Path(args.workdir))
+    for p in problems:
+        print(f"FAIL {p}")
+    print("valid" if not problems else f"{len(problems)} problem(s)")
+    return 0 if not problems else 1
+
+
 def cmd_list(args) -> int:
     from .scenario import shipped_scenarios
 
@@ -194,6 +219,26 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--dry-run", action="store_true", help="write the folder only, even with HF_TOKEN set")
     pb.add_argument("--workdir", default=str(_home()), help="the artifact store the stage was run in")
     pb.set_defaults(fn=cmd_publish)
+
+    lb = sub.add_parser("leaderboard", parents=[common], help="the static leaderboard site")
+    lbs = lb.add_subparsers(dest="action", required=True)
+    b = lbs.add_parser("build", parents=[common], help="build the site from result files")
+    b.add_argument("out", help="output folder (emptied first)")
+    b.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
+    b.set_defaults(fn=cmd_leaderboard)
+
+    cp = sub.add_parser("compare", help="compare defenses (or attacks) of one scenario in the terminal")
+    cp.add_argument("scenario")
+    cp.add_argument("names", nargs="+", help="defense ids (or attack ids); differences are against the first")
+    cp.add_argument("--version", type=int, help="scenario version [the newest with results]")
+    cp.add_argument("--results", default="leaderboard/results")
+    cp.set_defaults(fn=cmd_compare)
+
+    va = sub.add_parser("validate", help="check a submission folder: manifest, entry point, interface, a tiny run")
+    va.add_argument("path", help="submissions/attacks/NAME or submissions/defenses/NAME")
+    va.add_argument("--time-limit", type=int, default=600, help="seconds for the tiny run [600]")
+    va.add_argument("--workdir", default=str(_home()), help="artifact store for the tiny run (cached upstream work)")
+    va.set_defaults(fn=cmd_validate)
 
     ls = sub.add_parser("list", parents=[common], help="list scenarios, attacks and defenses")
     ls.add_argument("what", nargs="?", choices=["scenarios", "attacks", "defenses"])

@@ -259,6 +259,7 @@ class Runner:
             }
         except Exception as e:  # the attack (or a stage before any defense) failed: every cell of it fails
             return [self._write(base, d, seed, stages, None, error=e) for d in [None, *defenses]]
+        self._media(attack, stages["backdoor"])
         out = [self._write(base, None, seed, stages, shared)]
         before, target = shared["transfer"]["backdoored"], shared["transfer"]["backdoored"]["target"]
         for d in defenses:
@@ -269,6 +270,21 @@ class Runner:
             except Exception as e:
                 out.append(self._write(base, d, seed, stages, shared, error=e))
         return out
+
+    def _media(self, attack: PluginSpec, planted: Artifact) -> None:
+        """Trigger examples and a Grad-CAM map beside the attack's results, once per attack (not fatal)."""
+        from . import media
+        sc = self.scenario
+        folder = Path(self.results) / f"{sc.name}-v{sc.version}" / attack.id / "media"
+        if (folder / "gradcam.png").exists():
+            return
+        try:
+            a, test = self._attack(attack, planted), self.data.up_test
+            goal = a.targets(test.labels, test.num_classes, sc.attack.target)
+            idx = torch.nonzero(goal != test.labels).flatten()[:4]
+            media.write(folder, planted.model(), a, test.images[idx], goal[idx])
+        except Exception as e:  # pictures must never cost a result
+            self.log(f"[media] {attack.id}: could not draw the trigger examples: {type(e).__name__}: {e}")
 
     def _write(self, base: dict, defense: Optional[PluginSpec], seed: int, stages: dict, scores: Optional[dict],
                info: Optional[dict] = None, error: Optional[BaseException] = None) -> dict:

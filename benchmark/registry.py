@@ -79,7 +79,8 @@ def source_hash(folder: Path) -> str:
 
 
 class Registry:
-    """All known submissions, from folders and entry points."""
+    """All known submissions, from folders and entry points. Each root is a folder holding attacks/ and
+    defenses/, or a single submission folder."""
 
     def __init__(self, roots: list[Path] | None = None, entry_points: bool = True):
         if roots is None:
@@ -87,6 +88,9 @@ class Registry:
         self._manifests: dict[str, dict[str, Manifest]] = {"attack": {}, "defense": {}}
         self._classes: dict[tuple[str, str], type] = {}
         for root in roots:
+            if Path(root, "submission.yaml").is_file():  # a single submission folder
+                self._add(load_manifest(Path(root, "submission.yaml")))
+                continue
             for kind in ("attack", "defense"):
                 for yml in sorted(Path(root, f"{kind}s").glob("*/submission.yaml")):
                     self._add(load_manifest(yml), expect_kind=kind)

@@ -1,0 +1,140 @@
+"""Result files: validation against the shipped JSON Schema, loading, and aggregation over seeds."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import BenchError
+from .metrics import mean_ci
+
+SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
+
+
+def validate(result: dict, where: str = "result") -> None:
+    """Raise BenchError listing every schema violation with its JSON path."""
+    import jsonschema
+
+    v = jsonschema.Draft202012Validator(SCHEMA)
+    errors = []
+    for e in v.iter_errors(result):
+        while e.context:  # an allOf/oneOf failure: report its most specific cause
+            e = jsonschema.exceptions.best_match(e.context)
+        errors.append(e)
+    errors.sort(key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [f"  at {'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors[:10]]
+        raise BenchError(f"{where}: does not match the result schema (benchmark/schemas/result.schema.json):\n"
+                         + "\n".join(lines))
+
+
+def load(root: Path) -> list[dict]:
+    """Every result file under root, validated; each gets a `_path` (relative to root)."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.rglob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{p}: not valid JSON: {e}") from None
+        validate(r, str(p))
+        r["_path"] = p.relative_to(root).as_posix()
+        out.append(r)
+    return out
+
+
+def scenario_key(r: dict) -> tuple[str, int]:
+    return r["scenario"]["name"], r["scenario"]["version"]
+
+
+@dataclass
+class Stat:
+    """Mean and 95% half-width over seeds."""
+    values: list = field(default_factory=list)
+
+    @property
+    def mean(self):
+        return mean_ci(self.values)[0] if self.values else None
+
+    @property
+    def half(self):
+        return mean_ci(self.values)[1] if len(self.values) > 1 else None
+
+    def add(self, v):
+        if v is not None:
+            self.values.append(v)
+
+    def overlaps(self, other: "Stat") -> bool:
+        a, b = (self.mean, self.half or 0.0), (other.mean, other.half or 0.0)
+        return abs(a[0] - b[0]) <= a[1] + b[1]
+
+
+def _stats(rows: list[dict], getter) -> Stat:
+    s = Stat()
+    for r in rows:
+        try:
+            s.add(getter(r))
+        except (KeyError, TypeError):
+            pass
+    return s
+
+
+def attack_rows(cells: list[dict]) -> list[dict]:
+    """One row per attack: CA and ASR before transfer, after transfer, the clean-upstream baseline, and the
+    best detection AUROC any defense reaches against it (lower = stealthier)."""
+    by = defaultdict(list)
+    for c in cells:
+        by[c["attack"]["id"]].append(c)
+    rows = []
+    for attack, cs in sorted(by.items()):
+        base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
+        aurocs = defaultdict(Stat)
+        for c in cs:
+            if c["defense"] is not None and c["status"] == "ok":
+                aurocs[c["defense"]["id"]].add(c["metrics"]["defense"].get("input_auroc"))
+        best = max(((d, s) for d, s in aurocs.items() if s.values), key=lambda t: t[1].mean, default=(None, Stat()))
+        rows.append({
+            "attack": attack, "name": cs[0]["attack"]["name"], "seeds": sorted({c["seed"] for c in base}),
+            "ca": _stats(base, lambda r: r["metrics"]["upstream"]["backdoored"]["ca"]),
+            "asr_upstream": _stats(base, lambda r: r["metrics"]["upstream"]["backdoored"]["asr"]),
+            "asr_transfer": _stats(base, lambda r: r["metrics"]["transfer"]["backdoored"]["asr"]),
+            "asr_baseline": _stats(base, lambda r: r["metrics"]["transfer"]["clean"]["asr"]),
+            "ca_transfer": _stats(base, lambda r: r["metrics"]["transfer"]["backdoored"]["ca"]),
+            "best_auroc": best[1], "best_auroc_by": best[0],
+            "failed": sum(c["status"] != "ok" for c in cs if c["defense"] is None),
+        })
+    return rows
+
+
+def defense_rows(cells: list[dict]) -> list[dict]:
+    """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
+    by = defaultdict(list)
+    for c in cells:
+        if c["defense"] is not None:
+            by[(c["defense"]["id"], c["attack"]["id"])].append(c)
+    rows = []
+    for (defense, attack), cs in sorted(by.items()):
+        ok = [c for c in cs if c["status"] == "ok"]
+        d = lambda k: (lambda r: r["metrics"]["defense"][k])  # noqa: E731
+        b = lambda k: (lambda r: r["metrics"]["transfer"]["backdoored"][k])  # noqa: E731
+        row = {"defense": defense, "name": cs[0]["defense"]["name"], "attack": attack,
+               "seeds": sorted({c["seed"] for c in ok}), "failed": len(cs) - len(ok),
+               "errors": sorted({f"{c['error']['type']}: {c['error']['message']}" for c in cs if c["status"] != "ok"}),
+               "wall": _stats(ok, lambda r: r["wall_time_s"]["defense"])}
+        for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score"):
+            row[k] = _stats(ok, d(k))
+        for k in ("ca", "asr", "ra"):
+            row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])
+            row[f"before_{k}"] = _stats(ok, b(k))
+        rows.append(row)
+    return rows
+
+
+def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """Cells grouped by (scenario name, version): versions never mix."""
+    out = defaultdict(list)
+    for c in cells:
+        out[scenario_key(c)].append(c)
+    return dict(sorted(out.items()))

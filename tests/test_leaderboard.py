@@ -1,0 +1,162 @@
+"""Result schema, the static site (escaping, determinism, a real browser), compare and validate."""
+import copy
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark import results, site
+from benchmark.compare import compare
+from benchmark.errors import BenchError
+from benchmark.validate import validate
+
+from .conftest import REPO, write_submission
+
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def results_dir(digits_env, tmp_path_factory):
+    """The session's digits results, plus a copy under an evil defense name and a second scenario version."""
+    home, *_ = digits_env
+    out = tmp_path_factory.mktemp("lb") / "results"
+    shutil.copytree(home / "results", out)
+    cell = json.loads((out / "digits-v1/badnets/finetune/seed-0.json").read_text())
+    evil = copy.deepcopy(cell)
+    evil["defense"]["id"] = evil["defense"]["name"] = EVIL
+    (out / "digits-v1/badnets/evil").mkdir()
+    (out / "digits-v1/badnets/evil/seed-0.json").write_text(json.dumps(evil))
+    v2 = copy.deepcopy(cell)
+    v2["scenario"]["version"] = 2
+    v2["metrics"]["defense"]["asr"] = 0.123456
+    (out / "digits-v2/badnets/finetune").mkdir(parents=True)
+    (out / "digits-v2/badnets/finetune/seed-0.json").write_text(json.dumps(v2))
+    return out
+
+
+def tree_hash(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_schema_failures_are_clear(results_dir, tmp_path):
+    cell = json.loads((results_dir / "digits-v1/badnets/finetune/seed-0.json").read_text())
+    results.validate(cell)
+    bad = copy.deepcopy(cell)
+    bad["metrics"]["upstream"]["clean"]["ca"] = "0.99"
+    del bad["provenance"]["git"]
+    with pytest.raises(BenchError) as e:
+        results.validate(bad, "x.json")
+    msg = str(e.value)
+    assert "x.json" in msg and "metrics/upstream/clean/ca: '0.99' is not of type" in msg
+    assert "provenance: 'git' is a required property" in msg
+    bad = copy.deepcopy(cell)
+    bad["status"] = "failed"
+    with pytest.raises(BenchError, match="'error' is a required property"):
+        results.validate(bad)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "broken.json").write_text("{not json")
+    with pytest.raises(BenchError, match="broken.json: not valid JSON"):
+        results.load(tmp_path / "r")
+
+
+def test_site_escapes_names_and_keeps_versions_apart(results_dir, tmp_path):
+    counts = site.build(results_dir, tmp_path / "site")
+    index = (tmp_path / "site/index.html").read_text()
+    assert EVIL not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    assert "Scenario digits v1" in index and "Scenario digits v2" in index
+    v1 = index.split("Scenario digits v2")[0]
+    assert "0.123" not in v1.split("Scenario digits v1")[1]  # the v2 number stays in v2's section
+    assert counts["scenarios"] == 2
+    for page in (tmp_path / "site/submissions").glob("*.html"):
+        assert EVIL not in page.read_text()
+    assert (tmp_path / "site/plots/digits-v1-ca-asr.svg").read_text().startswith("<svg")
+    assert "http://" not in index.replace("http://www.w3.org", "") and "https://cdn" not in index
+    csv_ = (tmp_path / "site/data/results.csv").read_text().splitlines()
+    assert csv_[0].startswith("scenario,version,attack,defense,seed,status") and len(csv_) == counts["cells"] + 1
+    attack_page = (tmp_path / "site/submissions/attack-badnets.html").read_text()
+    assert "triggers.png" in attack_page and "gradcam.png" in attack_page
+    assert (tmp_path / "site/media/digits-v1/badnets/gradcam.png").is_file()
+
+
+def test_build_is_byte_identical(results_dir, tmp_path):
+    site.build(results_dir, tmp_path / "a")
+    site.build(results_dir, tmp_path / "b")
+    assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
+
+
+def test_compare_reports_differences_and_overlap(results_dir, capsys):
+    rows = compare(results_dir, "digits", ["finetune", "linf-pruning"], version=1)
+    out = capsys.readouterr().out
+    assert "finetune" in out and "linf-pruning" in out and "Δ" in out
+    assert {r["name"] for r in rows} == {"finetune", "linf-pruning"}
+    with pytest.raises(BenchError, match="not in the results"):
+        compare(results_dir, "digits", ["finetune", "nope"], version=1)
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_browser_sorts_a_table(results_dir, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api") if not os.environ.get("CI") else __import__(
+        "playwright.sync_api", fromlist=["sync_playwright"])
+    if not _chromium():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("chromium not installed")
+    site.build(results_dir, tmp_path / "site")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto((tmp_path / "site/index.html").as_uri())
+        table = page.locator("#defenses-digits-v1")
+        header = table.locator("th", has_text="ASR").first
+        asr = sorted(float(v) for v in table.locator("tbody tr td:nth-child(5)").evaluate_all(
+            "cells => cells.map(c => c.getAttribute('data-value'))") if v)  # failed cells have none: sorted last
+        header.click()
+        first = table.locator("tbody tr").first.locator("td").nth(4).get_attribute("data-value")
+        assert float(first) == asr[0] and header.get_attribute("aria-sort") == "ascending"
+        header.click()
+        first = table.locator("tbody tr").first.locator("td").nth(4).get_attribute("data-value")
+        assert float(first) == asr[-1]
+        assert table.locator("tbody tr").first.locator("td").nth(4).inner_text().startswith(f"{asr[-1]:.3f}")
+        browser.close()
+
+
+def test_validate_accepts_a_builtin_and_explains_failures(digits_env, tmp_path):
+    home, *_ = digits_env
+    assert validate(REPO / "submissions/defenses/finetune", workdir=home / "store") == []
+    bad = write_submission(tmp_path, "attack", "lazy", "from benchmark import Attack\nclass Plugin(Attack):\n    pass\n")
+    assert "must implement apply" in validate(bad)[0]
+    out = write_submission(tmp_path, "attack", "outside", """
+        from benchmark import Attack
+        class Plugin(Attack):
+            def apply(self, x):
+                return x * 2
+        """)
+    assert "[0, 1]" in validate(out)[0]
+    broken = write_submission(tmp_path, "defense", "noparams", "x = 1\n", manifest="name: noparams\nkind: defense\n")
+    assert "manifest" in validate(broken)[0] and "entry" in validate(broken)[0]
+    crash = write_submission(tmp_path, "defense", "crashy", """
+        from benchmark import Defense
+        class Plugin(Defense):
+            def run(self, model, clean, ctx):
+                raise ValueError("boom")
+        """)
+    problems = validate(crash, workdir=home / "store")
+    assert problems and "ValueError: boom" in problems[0]
+
+
+def test_cli_builds_the_site(results_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmark", "leaderboard", "build", str(tmp_path / "s"),
+                        "--results", str(results_dir)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "built" in r.stdout and (tmp_path / "s/index.html").is_file()
