@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"bdbench {__version__} · scenario {sc.name} v{sc.version} · device {describe(device)} · store {args.workdir}")
     runner = Runner(sc, registry, Store(Path(args.workdir)), Path(args.results), device,
-                    progress=not args.quiet, log=log, zoo=_zoo(args))
+                    progress=not args.quiet, log=log, zoo=_zoo(args), isolate=not args.no_isolation)
     t0 = time.perf_counter()
     cells = runner.run(attacks, defenses, args.seeds)
     wall = time.perf_counter() - t0
@@ -199,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
     r.add_argument("--zoo", metavar="FILE", help="zoo registry of published checkpoints [benchmark/zoo.yaml]")
     r.add_argument("--no-zoo", action="store_true", help="build every upstream checkpoint locally")
+    r.add_argument("--no-isolation", action="store_true",
+                   help="run defenses in this process (debugging) instead of their own, time- and memory-limited one")
     r.set_defaults(fn=cmd_run)
 
     pl = sub.add_parser("pull", help="download published checkpoints at their pinned revision and verify them")

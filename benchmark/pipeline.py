@@ -56,6 +56,7 @@ class Runner:
     progress: bool = True
     log: Callable[[str], None] = print
     zoo: Optional[Zoo] = None   # published checkpoints to use instead of building upstream stages
+    isolate: bool = False       # run each defense in its own process, with the scenario's limits
     build: bool = True          # False: only look up finished stages (e.g. to publish one)
     _data: Optional[Data] = field(default=None, init=False)
 
@@ -193,36 +194,55 @@ class Runner:
             return None, {"metrics": {**self._scores(model, a, d.down_test, t), "target": t}}
         return self.store.build("eval", spec, fn).meta["metrics"]
 
+    def _eval_inputs(self, a: Attack, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-level detection set: every clean test image (label 0) and every triggered test image whose
+        true label is not t* (label 1), shuffled with a fixed permutation; uint8 images and labels."""
+        test = self.data.down_test
+        nt = test.images[test.labels != target]
+        trig = a.apply_uint8(nt)
+        images = torch.cat([test.images, trig])
+        labels = torch.cat([torch.zeros(len(test), dtype=torch.long), torch.ones(len(trig), dtype=torch.long)])
+        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        return images[perm], labels[perm]
+
     def defend(self, delivered: Artifact, defense: PluginSpec, attack: PluginSpec, planted: Artifact, target: int,
                before: dict, seed: int) -> Artifact:
         sc = self.scenario
         spec = {"model": delivered.key, "defense": self._ident("defense", defense),
-                "defender": to_dict(sc.defender), "seed": seed, "eval": {"trigger": planted.key, "target": target}}
+                "defender": {"budget": sc.defender.budget}, "seed": seed,
+                "eval": {"trigger": planted.key, "target": target}}
 
         def fn():
             d = self.data
             _, held = split(d.down_train.labels, sc.defender.budget, seed)
             clean = d.down_train.subset(held)
-            plugin: Defense = self.registry.create("defense", defense.name, defense.params)
-            torch.manual_seed(seed)
-            # the defense sees a private copy of the delivered model and the clean budget, nothing else
-            out = plugin.run(delivered.model(), clean, self.ctx(seed))
-            info = json.loads(json.dumps(out.info))  # must be JSON; fails loudly otherwise
-            model = out.model if out.model is not None else delivered.model()
             a = self._attack(attack, planted)
-            after = self._scores(model, a, d.down_test, target)
-            m = {**after, "repaired": out.model is not None,
+            torch.manual_seed(seed)
+            # the defense sees a private copy of the delivered model and the clean budget, nothing else;
+            # its per-input scorer sees unlabeled, shuffled clean and triggered inputs only after run() returned
+            eval_images, eval_labels = self._eval_inputs(a, target)
+            if self.isolate:
+                from .isolation import run_defense
+                model, score, info, s = run_defense(
+                    roots=self.registry.roots, name=defense.name, params=defense.params,
+                    model_path=delivered.folder / "model.safetensors", config=delivered.meta["model"]["config"],
+                    clean=clean, eval_images=eval_images, device=self.device, seed=seed,
+                    time_limit=sc.defender.time_limit_s, memory_gb=sc.defender.memory_gb)
+            else:
+                plugin: Defense = self.registry.create("defense", defense.name, defense.params)
+                out = plugin.run(delivered.model(), clean, self.ctx(seed))
+                model, score, info = out.model, out.model_score, json.loads(json.dumps(out.info))
+                s = None
+                if out.input_scorer is not None:
+                    s = training.scores(out.input_scorer, ImageSet(eval_images, eval_labels, ["?"]),
+                                        device=self.device)
+            after = self._scores(model if model is not None else delivered.model(), a, d.down_test, target)
+            m = {**after, "repaired": model is not None,
                  "der": metrics.der(before["ca"], after["ca"], before["asr"], after["asr"]),
-                 "model_score": None if out.model_score is None else float(out.model_score),
-                 "input_auroc": None, "clean_budget": len(clean)}
-            if out.input_scorer is not None:
-                test = d.down_test
-                s_clean = training.scores(out.input_scorer, test, device=self.device)
-                nt = test.subset(torch.nonzero(test.labels != target).flatten())
-                s_trig = training.scores(out.input_scorer, nt, device=self.device, transform=a.apply)
-                m["input_auroc"] = metrics.auroc([0] * len(s_clean) + [1] * len(s_trig),
-                                                 torch.cat([s_clean, s_trig]).numpy())
-            return out.model, {"metrics": m, "info": info}
+                 "model_score": None if score is None else float(score),
+                 "input_auroc": None if s is None else metrics.auroc(eval_labels.numpy(), s.numpy()),
+                 "clean_budget": len(clean)}
+            return model, {"metrics": m, "info": info}
         return self._build("defense", spec, fn, f"{defense.id} against {attack.id} (seed {seed})")
 
     # ---------------------------------------------------------------- cells

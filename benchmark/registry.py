@@ -85,6 +85,7 @@ class Registry:
     def __init__(self, roots: list[Path] | None = None, entry_points: bool = True):
         if roots is None:
             roots = default_roots()
+        self.roots = [Path(r) for r in roots]
         self._manifests: dict[str, dict[str, Manifest]] = {"attack": {}, "defense": {}}
         self._classes: dict[tuple[str, str], type] = {}
         for root in roots:

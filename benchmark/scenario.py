@@ -146,10 +146,15 @@ class Downstream:
 @dataclass
 class Defender:
     budget: float = 0.05  # share of the downstream training set the defender holds, clean
+    time_limit_s: float = 3600.0  # per defense cell, when defenses run in their own process
+    memory_gb: float = 8.0        # address-space cap of that process (CPU only)
 
     def check(self):
         if not 0 < self.budget <= 1:
             raise Invalid("budget", "must lie in (0, 1]")
+        if self.time_limit_s <= 0 or self.memory_gb < 4:
+            raise Invalid("memory_gb" if self.memory_gb < 4 else "time_limit_s",
+                          "time_limit_s must be > 0 and memory_gb >= 4 (torch itself needs about 3 GiB of address space)")
 
 
 @dataclass

@@ -58,9 +58,9 @@ class Plugin(Defense):
 
 
 class Run:
-    def __init__(self, home, registry, sc, defenses, seeds=(0,), zoo=None):
+    def __init__(self, home, registry, sc, defenses, seeds=(0,), zoo=None, isolate=False):
         self.runner = Runner(sc, registry, Store(home / "store"), home / "results", torch.device("cpu"),
-                             progress=False, log=lambda m: None, zoo=zoo)
+                             progress=False, log=lambda m: None, zoo=zoo, isolate=isolate)
         self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
                                      seeds=list(seeds))
 
@@ -80,6 +80,7 @@ def digits_env(tmp_path_factory):
     subs = home / "subs"
     write_submission(subs, "defense", "crash", CRASH)
     write_submission(subs, "defense", "corner", CORNER, params={"sign": 1.0})
+    # the crash and corner test defenses are reused by test_isolation through registry.roots
     registry = Registry([REPO / "submissions", subs], entry_points=False)
     sc = load_scenario("digits", registry)
     first = Run(home, registry, sc, ["finetune"])
