@@ -209,3 +209,25 @@ def test_publish_then_run_from_the_zoo(hubenv, digits_env, tmp_path):
                                              "attack": run.runner._ident("attack", sc.attacks[0])}).meta["wall_time_s"] < 30
     # the published weights are exactly the ones built: same scores before and after transfer
     assert cell["metrics"] == first.cell(None)["metrics"]
+
+
+def test_rate_limits_are_retried_with_backoff(monkeypatch):
+    import httpx2
+    from huggingface_hub import errors as hfe
+    calls, sleeps = [], []
+    monkeypatch.setattr(hub.time, "sleep", sleeps.append)
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            response = httpx2.Response(429, request=httpx2.Request("GET", "http://hub.invalid/x"))
+            raise hfe.HfHubHTTPError("429 Too Many Requests", response=response)
+        return "ok"
+    assert hub.with_retries(flaky, "thing") == "ok"
+    assert len(calls) == 3 and sleeps == [0.5, 1.0]  # exponential backoff
+
+    def always_down():
+        response = httpx2.Response(503, request=httpx2.Request("GET", "http://hub.invalid/x"))
+        raise hfe.HfHubHTTPError("503", response=response)
+    with pytest.raises(BenchError, match="HTTP 503 after 4 tries"):
+        hub.with_retries(always_down, "thing")
