@@ -1,8 +1,12 @@
 """Run a submitted defense in its own process, with a wall-time and a memory limit.
 
-The child gets files, not objects: the delivered model (safetensors), the clean budget, and after the
-defense has finished, the unlabeled evaluation inputs for its per-input scorer. A crash, a hang or a memory
-blow-up becomes a `DefenseFailure` naming what happened; the parent and the rest of the grid go on.
+The child gets files, not objects, in a fresh temporary folder that is also its working directory: a copy
+of the delivered model (safetensors) and the defender's data (the clean budget, or for a data-inspection
+defense the training set without its poison mask). Only after the defense has returned does the parent
+write the unlabeled evaluation inputs for its per-input scorer. Nothing in the child's memory, call stack
+or environment leads to the attack, its target, the store or the results (tests/test_isolation.py has a
+defense that tries). A crash, a hang or a memory blow-up becomes a `DefenseFailure` naming what happened;
+the parent and the rest of the grid go on.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -22,13 +28,17 @@ from . import models
 from .data import ImageSet
 from .errors import BenchError
 
+HIDDEN_ENV = ("BDBENCH_HOME", "BDBENCH_RESULTS")
+
 
 class DefenseFailure(BenchError):
     pass
 
 
-def _child(folder: str, job: dict) -> None:
-    folder = Path(folder)
+def _child(job: dict) -> None:
+    os.chdir(job["folder"])  # relative paths in the defense resolve inside its own folder
+    for k in HIDDEN_ENV:
+        os.environ.pop(k, None)
     try:
         if job["memory_gb"] and job["device"] == "cpu":  # an address-space cap breaks CUDA's reservations
             cap = int(job["memory_gb"] * (1 << 30))
@@ -40,44 +50,58 @@ def _child(folder: str, job: dict) -> None:
 
         registry = Registry([Path(r) for r in job["roots"]], entry_points=True)
         plugin = registry.create("defense", job["name"], job["params"])
-        t = load_file(str(folder / "clean.safetensors"))
-        clean = ImageSet(t["images"], t["labels"], job["classes"])
-        model = models.load(Path(job["model"]), job["config"])
+        t = load_file("data.safetensors")
+        data = ImageSet(t["images"], t["labels"], job["classes"])
+        del t
+        model = models.load(Path("model.safetensors"), job["config"])
         device = torch.device(job["device"])
-        out = plugin.run(model, clean, Context(device, job["seed"], progress=False))
+        ctx = Context(device, job["seed"], progress=False)
+        out = plugin.inspect(model, data, ctx) if plugin.position == "data" else plugin.run(model, data, ctx)
         result = {"model_score": None if out.model_score is None else float(out.model_score),
                   "info": json.loads(json.dumps(out.info)), "has_model": out.model is not None, "scored": False}
         if out.model is not None:
-            models.save(out.model.cpu(), folder / "repaired.safetensors")
-        if out.input_scorer is not None:
-            (folder / "ready").write_text("")
-            e = load_file(str(folder / "eval.safetensors"))["images"]
+            models.save(out.model.cpu(), Path("repaired.safetensors"))
+        extra = {k: torch.as_tensor(v).detach().flatten().float().cpu().contiguous()
+                 for k, v in (("sample_scores", out.sample_scores), ("sample_flags", out.sample_flags)) if v is not None}
+        if extra:
+            save_file(extra, "samples.safetensors")
+        if out.input_scorer is not None and job["has_eval"]:
+            Path("ready").write_text("")
+            while not Path("eval.safetensors").exists():  # the parent writes it only now
+                time.sleep(0.02)
+            e = load_file("eval.safetensors")["images"]
             s = scores(out.input_scorer, ImageSet(e, torch.zeros(len(e), dtype=torch.long), ["?"]), device=device)
-            save_file({"scores": s.contiguous()}, str(folder / "scores.safetensors"))
+            save_file({"scores": s.contiguous()}, "scores.safetensors")
             result["scored"] = True
-        (folder / "result.json").write_text(json.dumps(result))
+        Path("result.json").write_text(json.dumps(result))
     except BaseException as e:  # report everything, MemoryError and SystemExit included
-        (folder / "error.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)[:2000],
-                                                       "traceback": traceback.format_exception(e)[-6:]}))
+        Path("error.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)[:2000],
+                                                  "traceback": traceback.format_exception(e)[-6:]}))
         os._exit(1)
 
 
-def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path, config: dict, clean: ImageSet,
+def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path, config: dict, data: ImageSet,
                 eval_images: Optional[torch.Tensor], device: torch.device, seed: int, time_limit: float,
-                memory_gb: float) -> tuple[Optional[models.Classifier], Optional[float], dict, Optional[torch.Tensor]]:
-    """(repaired model or None, model score, info, scores of eval_images or None)."""
+                memory_gb: float) -> dict:
+    """What the defense returned: model (repaired or None), model_score, info, scores (of eval_images),
+    sample_scores, sample_flags."""
     with tempfile.TemporaryDirectory(prefix="bdbench-defense-") as tmp:
         folder = Path(tmp)
-        save_file({"images": clean.images.contiguous(), "labels": clean.labels.contiguous()},
-                  str(folder / "clean.safetensors"))
-        if eval_images is not None:  # written now, but the child reads it only after run() returned
-            save_file({"images": eval_images.contiguous()}, str(folder / "eval.safetensors"))
-        job = {"roots": [str(r) for r in roots], "name": name, "params": params, "model": str(model_path),
-               "config": config, "classes": clean.classes, "device": str(device), "seed": seed,
-               "memory_gb": memory_gb, "threads": torch.get_num_threads()}
-        proc = mp.get_context("spawn").Process(target=_child, args=(tmp, job), daemon=True)
+        shutil.copyfile(model_path, folder / "model.safetensors")  # no path into the store
+        save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
+                  str(folder / "data.safetensors"))
+        job = {"folder": tmp, "roots": [str(r) for r in roots], "name": name, "params": params,
+               "config": config, "classes": data.classes, "device": str(device), "seed": seed,
+               "memory_gb": memory_gb, "threads": torch.get_num_threads(), "has_eval": eval_images is not None}
+        proc = mp.get_context("spawn").Process(target=_child, args=(job,), daemon=True)
         proc.start()
-        proc.join(time_limit)
+        deadline, sent = time.monotonic() + time_limit, False
+        while proc.is_alive() and time.monotonic() < deadline:
+            proc.join(0.05)
+            if not sent and eval_images is not None and (folder / "ready").exists():
+                save_file({"images": eval_images.contiguous()}, str(folder / "eval.tmp"))
+                (folder / "eval.tmp").replace(folder / "eval.safetensors")
+                sent = True
         if proc.is_alive():
             proc.kill()
             proc.join()
@@ -91,6 +115,8 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
             raise DefenseFailure(f"defense '{name}' died with exit code {proc.exitcode} "
                                  f"(killed by the system? memory limit {memory_gb:g} GiB)")
         r = json.loads((folder / "result.json").read_text())
-        model = models.load(folder / "repaired.safetensors", None) if r["has_model"] else None
-        scores = load_file(str(folder / "scores.safetensors"))["scores"] if r["scored"] else None
-        return model, r["model_score"], r["info"], scores
+        samples = load_file(str(folder / "samples.safetensors")) if (folder / "samples.safetensors").exists() else {}
+        return {"model": models.load(folder / "repaired.safetensors", None) if r["has_model"] else None,
+                "model_score": r["model_score"], "info": r["info"],
+                "scores": load_file(str(folder / "scores.safetensors"))["scores"] if r["scored"] else None,
+                "sample_scores": samples.get("sample_scores"), "sample_flags": samples.get("sample_flags")}

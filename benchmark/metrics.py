@@ -36,17 +36,78 @@ def transfer_target(pred_triggered_val: torch.Tensor, num_classes: int) -> int:
 def auroc(labels, scores) -> float:
     """Area under the ROC curve from continuous scores (label 1 = positive = suspicious, higher
     score = more suspicious); ties count one half. Equals sklearn.metrics.roc_auc_score."""
+    labels, scores = _prepared(labels, scores)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    ranks = stats.rankdata(scores)  # average ranks for ties (Mann-Whitney U)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _prepared(labels, scores):
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
         raise ValueError("labels and scores differ in length")
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs both classes; got {n_pos} positive and {n_neg} negative samples")
+    if labels.all() or not labels.any():
+        raise ValueError(f"needs both classes; got {int(labels.sum())} positive and {int((~labels).sum())} negative samples")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
-    ranks = stats.rankdata(scores)  # average ranks for ties (Mann-Whitney U)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return labels, scores
+
+
+def _roc_points(labels, scores):
+    """Cumulative (false positives, true positives) at each distinct threshold, highest score first."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each run of tied scores
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(~y)[last]
+    return fp, tp
+
+
+def aupr(labels, scores) -> float:
+    """Average precision: sum over thresholds of (recall_n - recall_{n-1}) * precision_n, tied scores
+    as one threshold. Equals sklearn.metrics.average_precision_score."""
+    labels, scores = _prepared(labels, scores)
+    fp, tp = _roc_points(labels, scores)
+    recall = tp / labels.sum()
+    precision = tp / (tp + fp)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
+    """The largest true-positive rate among ROC points whose false-positive rate is <= fpr."""
+    labels, scores = _prepared(labels, scores)
+    fp, tp = _roc_points(labels, scores)
+    ok = fp / (~labels).sum() <= fpr + 1e-12
+    return float((tp[ok] / labels.sum()).max()) if ok.any() else 0.0
+
+
+def detection(labels, scores) -> dict:
+    """AUROC, AUPR and TPR at 5% FPR of continuous scores (label 1 = positive, higher = more suspicious)."""
+    return {"auroc": auroc(labels, scores), "aupr": aupr(labels, scores), "tpr_at_5fpr": tpr_at_fpr(labels, scores)}
+
+
+def model_detection(positive: list, negative: list) -> dict:
+    """Model-level detection over a population: scores of backdoored-upstream models (positive) and
+    clean-upstream models (negative). A missing or NaN score counts 0.5, as TrojAI does: every pair it
+    is part of counts as a tie in the AUROC; for AUPR and TPR at 5% FPR it ranks below every observed
+    score (never detected). `missing` reports how many there were."""
+    def clean(v):
+        return [None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x) for x in v]
+    pos, neg = clean(positive), clean(negative)
+    if not pos or not neg:
+        raise ValueError(f"model-level detection needs both populations; got {len(pos)} backdoored and "
+                         f"{len(neg)} clean models")
+    po, no = [x for x in pos if x is not None], [x for x in neg if x is not None]
+    wins = sum((p > n) + 0.5 * (p == n) for p in po for n in no)
+    ties = len(pos) * len(neg) - len(po) * len(no)  # pairs with a missing score
+    out = {"auroc": (wins + 0.5 * ties) / (len(pos) * len(neg)), "n_backdoored": len(pos), "n_clean": len(neg),
+           "missing": len(pos) - len(po) + len(neg) - len(no)}
+    floor = min(po + no, default=0.0) - 1.0
+    y = [1] * len(pos) + [0] * len(neg)
+    s = [floor if x is None else x for x in pos + neg]
+    out["aupr"], out["tpr_at_5fpr"] = aupr(y, s), tpr_at_fpr(y, s)
+    return out
 
 
 def der(ca_before: float, ca_after: float, asr_before: float, asr_after: float) -> float:

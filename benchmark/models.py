@@ -18,9 +18,11 @@ from .errors import CheckpointError
 
 
 class Classifier(nn.Module):
-    def __init__(self, arch: str, num_classes: int, in_chans: int, mean=None, std=None):
+    def __init__(self, arch: str, num_classes: int, in_chans: int, mean=None, std=None, pretrained: str | None = None):
         super().__init__()
-        self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        # pretrained: a timm name with tag (e.g. resnet50.tv_in1k), whose weights timm fetches from the Hub
+        self.net = timm.create_model(pretrained or arch, pretrained=pretrained is not None, num_classes=num_classes,
+                                     in_chans=in_chans)
         cfg = self.net.pretrained_cfg or {}
         mean = list(mean if mean is not None else cfg.get("mean", (0.5,) * 3))
         std = list(std if std is not None else cfg.get("std", (0.25,) * 3))
@@ -48,6 +50,10 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate representation (N, D): pooled features before the classifier."""
+        return self.net.forward_head(self.features(x), pre_logits=True).flatten(1)
 
     def reset_head(self, num_classes: int) -> "Classifier":
         """Replace the classifier with a new one (global pooling + linear), as transfer learning does."""

@@ -31,6 +31,7 @@ from .store import Artifact, Store
 from .zoo import Checkpoint, Zoo
 
 RESULT_SCHEMA = 1
+CONTROL = {"id": "clean-upstream", "name": "clean-upstream", "params": {}, "info": None}  # the control "attack"
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Runner:
         def fn():
             d = self.data
             torch.manual_seed(sc.upstream.seed)
-            model = models.Classifier(sc.upstream.arch, d.up_train.num_classes, sc.image.channels)
+            model = models.Classifier(sc.upstream.arch, d.up_train.num_classes, sc.image.channels,
+                                      pretrained=sc.upstream.pretrained)
             self.ctx(sc.upstream.seed).train(model, d.up_train, sc.upstream.train, desc="clean upstream")
             ca = metrics.accuracy(training.predict(model, d.up_test, device=self.device), d.up_test.labels)
             return model, {"metrics": {"ca": ca}}
@@ -166,8 +168,10 @@ class Runner:
         return self._build("downstream", spec, fn, f"transfer {what} (seed {seed}, protocol {sc.downstream.protocol})")
 
     # ---------------------------------------------------------------- evaluation
-    def _scores(self, model, attack: Attack, test: ImageSet, target) -> dict:
+    def _scores(self, model, attack: Optional[Attack], test: ImageSet, target) -> dict:
         pred = training.predict(model, test, device=self.device)
+        if attack is None:
+            return {"ca": metrics.accuracy(pred, test.labels), "asr": None, "ra": None}
         trig = training.predict(model, test, device=self.device, transform=attack.apply)
         return {"ca": metrics.accuracy(pred, test.labels),
                 "asr": metrics.attack_success_rate(trig, test.labels, target),
@@ -205,45 +209,94 @@ class Runner:
         perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         return images[perm], labels[perm]
 
-    def defend(self, delivered: Artifact, defense: PluginSpec, attack: PluginSpec, planted: Artifact, target: int,
-               before: dict, seed: int) -> Artifact:
+    def defend(self, delivered: Artifact, defense: PluginSpec, attack: Optional[PluginSpec], planted: Optional[Artifact],
+               target: Optional[int], before: Optional[dict], seed: int) -> Artifact:
+        """A model-position defense on a delivered downstream model. Without an attack (a control: the model
+        transferred from the clean upstream) only its CA and model score are measured."""
         sc = self.scenario
         spec = {"model": delivered.key, "defense": self._ident("defense", defense),
                 "defender": {"budget": sc.defender.budget}, "seed": seed,
-                "eval": {"trigger": planted.key, "target": target}}
+                "eval": None if attack is None else {"trigger": planted.key, "target": target}}
 
         def fn():
             d = self.data
             _, held = split(d.down_train.labels, sc.defender.budget, seed)
             clean = d.down_train.subset(held)
-            a = self._attack(attack, planted)
-            torch.manual_seed(seed)
+            a = None if attack is None else self._attack(attack, planted)
             # the defense sees a private copy of the delivered model and the clean budget, nothing else;
             # its per-input scorer sees unlabeled, shuffled clean and triggered inputs only after run() returned
-            eval_images, eval_labels = self._eval_inputs(a, target)
-            if self.isolate:
-                from .isolation import run_defense
-                model, score, info, s = run_defense(
-                    roots=self.registry.roots, name=defense.name, params=defense.params,
-                    model_path=delivered.folder / "model.safetensors", config=delivered.meta["model"]["config"],
-                    clean=clean, eval_images=eval_images, device=self.device, seed=seed,
-                    time_limit=sc.defender.time_limit_s, memory_gb=sc.defender.memory_gb)
-            else:
-                plugin: Defense = self.registry.create("defense", defense.name, defense.params)
-                out = plugin.run(delivered.model(), clean, self.ctx(seed))
-                model, score, info = out.model, out.model_score, json.loads(json.dumps(out.info))
-                s = None
-                if out.input_scorer is not None:
-                    s = training.scores(out.input_scorer, ImageSet(eval_images, eval_labels, ["?"]),
-                                        device=self.device)
+            eval_images, eval_labels = self._eval_inputs(a, target) if a is not None else (None, None)
+            out = self._invoke(defense, delivered, clean, eval_images, seed)
+            model = out["model"]
             after = self._scores(model if model is not None else delivered.model(), a, d.down_test, target)
-            m = {**after, "repaired": model is not None,
-                 "der": metrics.der(before["ca"], after["ca"], before["asr"], after["asr"]),
-                 "model_score": None if score is None else float(score),
-                 "input_auroc": None if s is None else metrics.auroc(eval_labels.numpy(), s.numpy()),
-                 "clean_budget": len(clean)}
-            return model, {"metrics": m, "info": info}
-        return self._build("defense", spec, fn, f"{defense.id} against {attack.id} (seed {seed})")
+            m = {**after, "repaired": model is not None, "clean_budget": len(clean),
+                 "model_score": out["model_score"], "input_auroc": None}
+            if a is not None:
+                m["der"] = metrics.der(before["ca"], after["ca"], before["asr"], after["asr"])
+                if out["scores"] is not None:
+                    det = metrics.detection(eval_labels.numpy(), out["scores"].numpy())
+                    m.update(input_auroc=det["auroc"], input_aupr=det["aupr"], input_tpr_at_5fpr=det["tpr_at_5fpr"])
+            else:
+                m["der"] = None
+            return model, {"metrics": m, "info": out["info"]}
+        what = f"{defense.id} against {attack.id}" if attack is not None else f"{defense.id} on the clean-upstream model"
+        return self._build("defense", spec, fn, f"{what} (seed {seed})")
+
+    def inspect(self, defense: PluginSpec, attack: PluginSpec, planted: Artifact, seed: int) -> Artifact:
+        """A data-position defense: the upstream training set with this attack's poison in it (mask withheld)
+        and the backdoored upstream model trained on it; scored against the poison mask."""
+        sc = self.scenario
+        spec = {"model": planted.key, "defense": self._ident("defense", defense), "seed": seed,
+                "budget": to_dict(sc.attack)}
+
+        def fn():
+            a, up = self._attack(attack, planted), self.data.up_train
+            # the same draw the default plant() made: Context(seed).generator(1)
+            poisoning = a.poison(up, sc.attack, self.ctx(seed).generator(1))
+            train = poisoning.applied_to(up)
+            mask = torch.zeros(len(up), dtype=torch.bool)
+            mask[poisoning.indices] = True
+            out = self._invoke(defense, planted, ImageSet(train.images, train.labels, list(up.classes)), None, seed)
+            s = out["sample_scores"]
+            if s is None or s.shape != (len(up),):
+                raise BenchError(f"defense '{defense.name}': inspect() must return sample_scores with one score per "
+                                 f"training sample ({len(up)}), got {None if s is None else tuple(s.shape)}")
+            det = metrics.detection(mask.numpy(), s.numpy())
+            m = {"sample_auroc": det["auroc"], "sample_aupr": det["aupr"], "sample_tpr_at_5fpr": det["tpr_at_5fpr"],
+                 "samples": len(up), "poisoned": int(mask.sum())}
+            flags = out["sample_flags"]
+            if flags is not None:
+                flags = flags.bool()
+                m.update(flagged=int(flags.sum()), flagged_tpr=float(flags[mask].float().mean()),
+                         flagged_fpr=float(flags[~mask].float().mean()))
+            return None, {"metrics": m, "info": out["info"]}
+        return self._build("defense", spec, fn, f"{defense.id} inspects the training set poisoned by {attack.id} "
+                                                f"(seed {seed})")
+
+    def _invoke(self, defense: PluginSpec, delivered: Artifact, data: ImageSet, eval_images, seed: int) -> dict:
+        """Run a defense, in its own process when isolating; a plain dict of what it returned."""
+        sc = self.scenario
+        torch.manual_seed(seed)
+        if self.isolate:
+            from .isolation import run_defense
+            return run_defense(roots=self.registry.roots, name=defense.name, params=defense.params,
+                               model_path=delivered.folder / "model.safetensors",
+                               config=delivered.meta["model"]["config"], data=data, eval_images=eval_images,
+                               device=self.device, seed=seed, time_limit=sc.defender.time_limit_s,
+                               memory_gb=sc.defender.memory_gb)
+        plugin: Defense = self.registry.create("defense", defense.name, defense.params)
+        ctx = self.ctx(seed)
+        out = plugin.inspect(delivered.model(), data, ctx) if plugin.position == "data" else \
+            plugin.run(delivered.model(), data, ctx)
+        s = None
+        if out.input_scorer is not None and eval_images is not None:
+            s = training.scores(out.input_scorer, ImageSet(eval_images, torch.zeros(len(eval_images)), ["?"]),
+                                device=self.device)
+        return {"model": out.model, "model_score": _score(out.model_score), "info": json.loads(json.dumps(out.info)),
+                "scores": s, "sample_scores": _cpu(out.sample_scores), "sample_flags": _cpu(out.sample_flags)}
+
+    def position(self, defense: PluginSpec) -> str:
+        return self.registry.plugin_class("defense", defense.name).position
 
     # ---------------------------------------------------------------- cells
     def run(self, attacks: list[PluginSpec] | None = None, defenses: list[PluginSpec] | None = None,
@@ -259,7 +312,51 @@ class Runner:
         for attack in attacks:
             for seed in seeds:
                 cells += self._cells(attack, defenses, seed)
+        for seed in (sc.clean_seeds if sc.clean_seeds is not None else seeds):
+            cells += self.controls(seed, defenses)
         return cells
+
+    def scoring_defenses(self, defenses: list[PluginSpec]) -> list[PluginSpec]:
+        """The defenses that gave a model score in any finished cell of this scenario (read from the result
+        files, so a grid's separate tasks agree): they need clean-upstream controls."""
+        sc, out = self.scenario, []
+        folder = Path(self.results) / f"{sc.name}-v{sc.version}"
+        for d in defenses:
+            for f in folder.glob(f"*/{d.id}/seed-*.json"):
+                r = json.loads(f.read_text())
+                if not r.get("control") and r["status"] == "ok" and \
+                        (r["metrics"].get("defense") or {}).get("model_score") is not None:
+                    out.append(d)
+                    break
+        return out
+
+    def controls(self, seed: int, defenses: list[PluginSpec] | None = None) -> list[dict]:
+        defenses = self.scoring_defenses(self.scenario.defenses if defenses is None else defenses)
+        return self._controls(defenses, seed) if defenses else []
+
+    def _controls(self, defenses: list[PluginSpec], seed: int) -> list[dict]:
+        """Each defense on the model transferred from the CLEAN upstream (seeds: the scenario's `clean_seeds`):
+        the negatives of model-level detection, and the defense's cost on a model with nothing to remove."""
+        base = {"attack": dict(CONTROL), "seed": seed, "control": True}
+        stages: dict[str, Artifact] = {}
+        out = []
+        try:
+            stages["upstream"] = self.clean_upstream()
+            stages["downstream_clean"] = self.downstream(stages["upstream"], seed, "from clean upstream")
+        except Exception as e:
+            return [self._write(base, d, seed, stages, None, error=e) for d in defenses]
+        for d in defenses:
+            try:
+                art = self.defend(stages["downstream_clean"], d, None, None, None, None, seed)
+                out.append(self._write(base, d, seed, {**stages, "defense": art},
+                                       {"defense": art.meta["metrics"]}, info=art.meta.get("info")))
+            except Exception as e:
+                out.append(self._write(base, d, seed, stages, None, error=e))
+        return out
+
+    def cell(self, attack: PluginSpec, seed: int, defenses: list[PluginSpec] | None = None) -> list[dict]:
+        """One attack at one seed: its own cell and one per defense."""
+        return self._cells(attack, self.scenario.defenses if defenses is None else defenses, seed)
 
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
         base = {"attack": {"id": attack.id, "name": attack.name, "info": None,
@@ -284,7 +381,13 @@ class Runner:
         before, target = shared["transfer"]["backdoored"], shared["transfer"]["backdoored"]["target"]
         for d in defenses:
             try:
-                art = self.defend(stages["downstream"], d, attack, stages["backdoor"], target, before, seed)
+                if self.position(d) == "data":
+                    if not self._attack(attack).poisons_data:
+                        self.log(f"[skip] {d.id}: {attack.id} controls training; there is no poisoned set to inspect")
+                        continue
+                    art = self.inspect(d, attack, stages["backdoor"], seed)
+                else:
+                    art = self.defend(stages["downstream"], d, attack, stages["backdoor"], target, before, seed)
                 out.append(self._write(base, d, seed, {**stages, "defense": art},
                                        {**shared, "defense": art.meta["metrics"]}, info=art.meta.get("info")))
             except Exception as e:
@@ -335,6 +438,14 @@ class Runner:
         tmp.write_text(json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False))
         tmp.replace(path)
         return res
+
+
+def _score(v) -> Optional[float]:
+    return None if v is None else float(v)
+
+
+def _cpu(t):
+    return None if t is None else torch.as_tensor(t).detach().flatten().cpu()
 
 
 def _finite(o):

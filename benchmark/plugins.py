@@ -13,8 +13,15 @@ Images are float tensors in [0, 1], NCHW, on any device. Parameters come from th
         def run(self, model, clean, ctx):
             return DefenseOutput(model=..., model_score=..., input_scorer=...)
 
+    class MyInspector(Defense):
+        position = "data"
+        def inspect(self, model, train, ctx):
+            return DefenseOutput(sample_scores=...)
+
 A defense receives the delivered model (a private copy) and the defender's clean data only:
-never the attack, its target, or triggered data.
+never the attack, its target, or triggered data. A data-inspection defense (`position = "data"`)
+instead receives the upstream model and its training set with the poison in it, but not which
+samples are poisoned.
 """
 from __future__ import annotations
 
@@ -77,6 +84,8 @@ class Attack(Plugin):
     harness saves them with the backdoored model and reloads them wherever the trigger is applied.
     `info` (JSON) is recorded in every result of the attack (e.g. the trigger's norms)."""
 
+    poisons_data = True  # False for an attack that controls training: there is no poisoned set to inspect
+
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.info: dict = {}
@@ -124,14 +133,25 @@ class Attack(Plugin):
 @dataclass
 class DefenseOutput:
     """Any of: a repaired model; a model-level suspicion score (higher = more likely backdoored);
-    a per-input scorer (batch of images -> 1-D tensor, higher = more likely triggered); free-form
-    `info` recorded in the result (e.g. which channels were pruned)."""
+    a per-input scorer (batch of images -> 1-D tensor, higher = more likely triggered); per training
+    sample (data position): a score (higher = more likely poisoned) and optionally hard flags (the samples
+    the method would remove); free-form `info` recorded in the result (e.g. which channels were pruned)."""
     model: Optional[nn.Module] = None
     model_score: Optional[float] = None
     input_scorer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    sample_scores: Optional[torch.Tensor] = None
+    sample_flags: Optional[torch.Tensor] = None
     info: dict = field(default_factory=dict)
 
 
 class Defense(Plugin):
+    """`position = "model"`: run() on the delivered downstream model and the clean budget.
+    `position = "data"`: inspect() the upstream training set (poison included, mask withheld) with the
+    upstream model trained on it."""
+    position = "model"
+
     def run(self, model: nn.Module, clean: ImageSet, ctx: Context) -> DefenseOutput:
         raise NotImplementedError  # abstract
+
+    def inspect(self, model: nn.Module, train: ImageSet, ctx: Context) -> DefenseOutput:
+        raise NotImplementedError  # abstract for position "data"

@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .metrics import mean_ci
+from .results import model_detection_rows
 
 COLUMNS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
-           ("model score", "model_score")]
+           ("sample AUROC", "sample_auroc"), ("model score", "model_score")]
 
 
 def fmt(values) -> str:
@@ -25,7 +26,8 @@ def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, s
     """attack id -> [(row label, {metric: values over seeds}, n seeds, failure note)]"""
     by_attack = defaultdict(list)
     for c in cells:
-        by_attack[c["attack"]["id"]].append(c)
+        if not c.get("control"):
+            by_attack[c["attack"]["id"]].append(c)
     out = {}
     for attack, cs in by_attack.items():
         base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
@@ -69,6 +71,15 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
         t.add_column("note")
         for label, vals, n, note in table_rows:
             t.add_row(label, *[fmt(vals.get(k, [])) for _, k in COLUMNS], str(n), note)
+        console.print(t)
+    det = model_detection_rows(cells)
+    if det:
+        t = Table(title=f"{title} · model-level detection (backdoored- vs clean-upstream transfers)", title_justify="left")
+        for col in ("defense", "AUROC", "AUPR", "TPR@5%FPR", "backdoored", "clean", "missing"):
+            t.add_column(col, justify="left" if col == "defense" else "right")
+        for r in det:
+            t.add_row(r["defense"], f"{r['auroc']:.3f}", f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}",
+                      str(r["n_backdoored"]), str(r["n_clean"]), str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
         console.print(t)
     console.print("upstream rows: same label space, the attack's own target. downstream rows: after transfer to the "
                   "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "

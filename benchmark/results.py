@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import BenchError
-from .metrics import mean_ci
+from .metrics import mean_ci, model_detection
 
 SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
 
@@ -81,12 +81,36 @@ def _stats(rows: list[dict], getter) -> Stat:
     return s
 
 
+def is_control(c: dict) -> bool:
+    return bool(c.get("control"))
+
+
+def model_detection_rows(cells: list[dict]) -> list[dict]:
+    """Model-level detection per defense that gives model scores: AUROC / AUPR / TPR at 5% FPR of its scores
+    on the models transferred from backdoored upstreams (every attack x seed) against those transferred from
+    the clean upstream (control cells). A failed cell or a missing score counts 0.5 (see metrics)."""
+    by = defaultdict(lambda: ([], []))
+    for c in cells:
+        if c["defense"] is None:
+            continue
+        pos, neg = by[c["defense"]["id"]]
+        m = (c.get("metrics") or {}).get("defense") or {}
+        (neg if is_control(c) else pos).append(m.get("model_score") if c["status"] == "ok" else None)
+    rows = []
+    for d, (pos, neg) in sorted(by.items()):
+        if not pos or not neg or all(v is None for v in pos + neg):
+            continue  # no controls, or a defense without model scores
+        rows.append({"defense": d, **model_detection(pos, neg)})
+    return rows
+
+
 def attack_rows(cells: list[dict]) -> list[dict]:
     """One row per attack: CA and ASR before transfer, after transfer, the clean-upstream baseline, and the
     best detection AUROC any defense reaches against it (lower = stealthier)."""
     by = defaultdict(list)
     for c in cells:
-        by[c["attack"]["id"]].append(c)
+        if not is_control(c):
+            by[c["attack"]["id"]].append(c)
     rows = []
     for attack, cs in sorted(by.items()):
         base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
@@ -112,7 +136,7 @@ def defense_rows(cells: list[dict]) -> list[dict]:
     """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
     by = defaultdict(list)
     for c in cells:
-        if c["defense"] is not None:
+        if c["defense"] is not None and not is_control(c):
             by[(c["defense"]["id"], c["attack"]["id"])].append(c)
     rows = []
     for (defense, attack), cs in sorted(by.items()):
@@ -123,8 +147,10 @@ def defense_rows(cells: list[dict]) -> list[dict]:
                "seeds": sorted({c["seed"] for c in ok}), "failed": len(cs) - len(ok),
                "errors": sorted({f"{c['error']['type']}: {c['error']['message']}" for c in cs if c["status"] != "ok"}),
                "wall": _stats(ok, lambda r: r["wall_time_s"]["defense"])}
-        for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score"):
+        for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score", "sample_auroc", "sample_aupr",
+                  "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr"):
             row[k] = _stats(ok, d(k))
+        row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
         for k in ("ca", "asr", "ra"):
             row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])
             row[f"before_{k}"] = _stats(ok, b(k))

@@ -59,7 +59,8 @@ def _flat(r: dict) -> dict:
             "transfer_backdoored_ra": g("transfer", "backdoored", "ra"),
             "defense_ca": g("defense", "ca"), "defense_asr": g("defense", "asr"), "defense_ra": g("defense", "ra"),
             "defense_der": g("defense", "der"), "defense_input_auroc": g("defense", "input_auroc"),
-            "defense_model_score": g("defense", "model_score"), "git_commit": r["provenance"]["git"]["commit"],
+            "defense_model_score": g("defense", "model_score"), "defense_sample_auroc": g("defense", "sample_auroc"),
+            "control": bool(r.get("control")), "git_commit": r["provenance"]["git"]["commit"],
             "bdbench": r["provenance"]["packages"].get("bdbench"), "file": r["_path"]}
 
 
@@ -98,7 +99,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         for c in cs:
             files.setdefault((c["attack"]["id"], (c["defense"] or {}).get("id")), []).append(c["_path"])
         pts = [(r["ca"].mean, r["asr"].mean, f"{r['defense']} vs {r['attack']}", r["defense"])
-               for r in drows if r["ca"].mean is not None and r["asr"].mean is not None]
+               for r in drows if r["position"] == "model" and r["ca"].mean is not None and r["asr"].mean is not None]
         pts += [(r["ca_transfer"].mean, r["asr_transfer"].mean, f"no defense vs {r['attack']}", "no defense")
                 for r in arows if r["ca_transfer"].mean is not None and r["asr_transfer"].mean is not None]
         (out / "plots" / f"{slug(key)}-ca-asr.svg").write_text(
@@ -110,6 +111,8 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           diagonal=True))
         seeds = sorted({c["seed"] for c in cs})
         scenarios.append({"key": key, "name": name, "version": version, "attacks": arows, "defenses": drows,
+                          "inspections": [r for r in drows if r["position"] == "data"],
+                          "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
                           "commits": sorted({c["provenance"]["git"]["commit"] or "unknown" for c in cs})})
 
@@ -129,7 +132,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
 
     # one page per submission that has results or a manifest
     subs = []
-    names = {("attack", c["attack"]["name"]) for c in cells} | {("defense", c["defense"]["name"]) for c in cells if c["defense"]}
+    names = {("attack", c["attack"]["name"]) for c in cells if not c.get("control")} | {("defense", c["defense"]["name"]) for c in cells if c["defense"]}
     names |= {(k, n) for k in ("attack", "defense") for n in registry.names(k)}
     for kind, n in sorted(names):
         try:

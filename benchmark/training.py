@@ -116,6 +116,14 @@ def logits(model: nn.Module, data: ImageSet, *, device: torch.device, transform:
 
 
 @torch.inference_mode()
+def embeddings(model: nn.Module, data: ImageSet, *, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The penultimate representation (`Classifier.embed`) of every image, (N, D) float32 on the CPU."""
+    model.to(device).eval()
+    out = [model.embed(x).float().cpu() for x, _ in data.batches(batch_size, device)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.inference_mode()
 def scores(fn: Transform, data: ImageSet, *, device: torch.device, transform: Optional[Transform] = None,
            batch_size: int = 256) -> torch.Tensor:
     """Apply a per-input scorer to every image (optionally transformed first); returns a 1-D CPU tensor."""

@@ -64,8 +64,9 @@ class Run:
         self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
                                      seeds=list(seeds))
 
-    def cell(self, defense):
-        return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense)
+    def cell(self, defense, control=False):
+        return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense
+                    and bool(c.get("control")) == control)
 
     @property
     def computed(self):

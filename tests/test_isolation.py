@@ -8,6 +8,45 @@ from benchmark.scenario import Defender, PluginSpec
 
 from .conftest import REPO, Run, write_submission
 
+# A defense that tries every way it can think of to reach the attack, its target, triggered data, the
+# store or the results through what it is given or what lives in its process; it reports what it found.
+CHEAT = """
+import gc, os, sys
+from pathlib import Path
+from benchmark import Defense, DefenseOutput
+SECRET_NAMES = {"attack", "planted", "target", "eval_images", "eval_labels", "before", "a", "runner", "self_runner"}
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        found = []
+        forbidden = self.params["forbidden"]
+        f = sys._getframe(1)
+        while f is not None:  # the call stack: whoever called run() and their locals
+            for k, v in f.f_locals.items():
+                if k in SECRET_NAMES and v is not None and f.f_code.co_name != "run":
+                    found.append(f"stack local {k} in {f.f_code.co_name}")
+                if forbidden in repr(v)[:100000]:
+                    found.append(f"stack local {k} in {f.f_code.co_name} names the store")
+            f = f.f_back
+        for o in gc.get_objects():  # anything alive in the process
+            t = type(o).__name__
+            if (t in ("Runner", "Store", "Artifact", "Poisoning") and type(o).__module__.startswith("benchmark")) or (t != "Plugin" and any(
+                    b.__name__ == "Attack" for b in type(o).__mro__[1:])):
+                found.append(f"live object {t}")
+        for k, v in os.environ.items():
+            if forbidden in v:
+                found.append(f"environment {k}")
+        if Path("eval.safetensors").exists():
+            found.append("evaluation inputs before run() returned")
+        if len(clean) > self.params["max_clean"] or set(clean.labels.tolist()) - set(range(clean.num_classes)):
+            found.append("more than the clean budget")
+        for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
+            if name.split(".")[-1] not in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked",
+                                          "mean", "std", "feature_mask"):
+                found.append(f"model carries {name}")
+        return DefenseOutput(input_scorer=lambda x: x.mean((1, 2, 3)), model_score=float(len(found)),
+                             info={"found": sorted(set(found))})
+"""
+
 HANG = """
 import time
 from benchmark import Defense
@@ -33,7 +72,8 @@ def isolated(digits_env, tmp_path_factory):
     write_submission(subs, "defense", "hang", HANG)
     write_submission(subs, "defense", "hog", HOG)
     reg = Registry(registry.roots + [subs], entry_points=False)
-    limited = dataclasses.replace(sc, defender=Defender(budget=sc.defender.budget, time_limit_s=30, memory_gb=4))
+    limited = dataclasses.replace(sc, defender=Defender(budget=sc.defender.budget, time_limit_s=30, memory_gb=4),
+                                  clean_seeds=[])  # no control cells: the hang would cost another 30 s
     store_home = tmp_path_factory.mktemp("iso")
     import shutil
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
@@ -55,3 +95,30 @@ def test_crash_hang_and_memory_blow_up_are_failed_cells(isolated):
     assert hang["status"] == "failed" and "wall-time limit of 30 s" in hang["error"]["message"]
     assert hog["status"] == "failed" and "memory limit 4 GiB" in hog["error"]["message"]
     assert run.computed.count("defense") == 2  # finetune and corner; failures store nothing
+
+
+def test_a_cheating_defense_finds_nothing_when_isolated(digits_env, tmp_path_factory):
+    """The threat model is enforced, not promised: under isolation (the default of `bdbench run`) the cheat
+    finds no attack, target, triggered input, store path or result; in-process it finds them (the probe works)."""
+    home, registry, sc, *_ = digits_env
+    subs = tmp_path_factory.mktemp("cheat")
+    store_home = tmp_path_factory.mktemp("cheat-home")
+    import shutil
+    shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
+    write_submission(subs, "defense", "cheat", CHEAT, params={"forbidden": str(store_home), "max_clean": 10 ** 6})
+    reg = Registry(registry.roots + [subs], entry_points=False)
+    quick = dataclasses.replace(sc, clean_seeds=[])
+    clean_n = None
+    for isolate in (True, False):
+        spec = PluginSpec("cheat", label=f"cheat-{isolate}", params={"max_clean": 10 ** 6 + isolate})  # no shared cache
+        run = Run(store_home, reg, quick, [spec], isolate=isolate)
+        c = run.cell(f"cheat-{isolate}")
+        assert c["status"] == "ok", c.get("error")
+        found = c["info"]["found"]
+        if isolate:
+            assert found == [], found
+            assert c["metrics"]["defense"]["input_auroc"] is not None  # it still scored its inputs afterwards
+            clean_n = c["metrics"]["defense"]["clean_budget"]
+        else:
+            assert any("stack local" in f for f in found) and any("live object" in f for f in found), found
+    assert 0 < clean_n <= 35  # 5% of the digits victim's training set (about 600 images)

@@ -62,3 +62,56 @@ def test_mean_ci_is_student_t():
     lo, hi = stats.t.interval(0.95, 2, loc=np.mean(v), scale=stats.sem(v))
     assert m == pytest.approx(np.mean(v)) and h == pytest.approx((hi - lo) / 2)
     assert math.isnan(metrics.mean_ci([0.5])[1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aupr_and_tpr_at_fpr_equal_sklearn(seed):
+    from sklearn.metrics import average_precision_score, roc_curve
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(size=200) + y, 1)  # rounded: many ties
+    assert metrics.aupr(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert metrics.tpr_at_fpr(y, s, 0.05) == pytest.approx(tpr[fpr <= 0.05].max())
+    d = metrics.detection(y, s)
+    assert set(d) == {"auroc", "aupr", "tpr_at_5fpr"} and d["auroc"] == pytest.approx(roc_auc_score(y, s))
+
+
+def test_tpr_at_fpr_by_hand():
+    y = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # 3 positives, 18 negatives
+    s = [9, 5, 1, 8, 4, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    # above 8 only the 9 (TPR 1/3, FPR 0); one negative already costs FPR 1/18 > 0.05
+    assert metrics.tpr_at_fpr(y, s, 0.05) == pytest.approx(1 / 3)
+    assert metrics.tpr_at_fpr(y, s, 0.06) == pytest.approx(2 / 3)
+
+
+def test_model_detection_counts_missing_as_a_tie():
+    pos, neg = [3.0, 2.0, None], [1.0, float("nan")]
+    d = metrics.model_detection(pos, neg)
+    # observed pairs: (3,1), (2,1) both won; the 4 pairs with a missing score count 0.5 each
+    assert d["auroc"] == pytest.approx((2 + 0.5 * 4) / 6)
+    assert d["missing"] == 2 and d["n_backdoored"] == 3 and d["n_clean"] == 2
+    full = metrics.model_detection([3.0, 2.0, 1.5], [1.0, 0.5])
+    assert full["auroc"] == 1.0 and full["aupr"] == 1.0 and full["tpr_at_5fpr"] == 1.0
+    assert full["auroc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0], [3.0, 2.0, 1.5, 1.0, 0.5]))
+    with pytest.raises(ValueError, match="both populations"):
+        metrics.model_detection([1.0], [])
+
+
+def test_model_detection_rows_pool_attacks_against_controls():
+    from benchmark.results import model_detection_rows
+
+    def cell(defense, score, control=False, status="ok"):
+        return {"defense": {"id": defense, "name": defense}, "control": control, "status": status,
+                "attack": {"id": "clean-upstream" if control else "a"},
+                "metrics": {"defense": {"model_score": score}} if status == "ok" else None}
+    cells = [cell("nc", 3.0), cell("nc", 2.5), cell("nc", None, status="failed"),
+             cell("nc", 1.0, True), cell("nc", 2.5, True),
+             cell("ft", None), cell("ft", None, True),  # no scores at all: no row
+             cell("lonely", 1.0)]  # no controls: no row
+    rows = model_detection_rows(cells)
+    assert [r["defense"] for r in rows] == ["nc"]
+    r = rows[0]
+    # pairs: (3,1) win, (3,2.5) win, (2.5,1) win, (2.5,2.5) tie, failed x 2 controls = 2 ties
+    assert r["auroc"] == pytest.approx((3 + 0.5 + 0.5 * 2) / 6) and r["missing"] == 1
+    assert r["n_backdoored"] == 3 and r["n_clean"] == 2

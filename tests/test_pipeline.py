@@ -23,20 +23,21 @@ def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(digits
 
 def test_first_run_trains_each_stage_once(digits_env):
     *_, first, _ = digits_env
+    # finetune gives no model score: no clean-upstream control is needed
     assert sorted(first.computed) == sorted(["upstream", "backdoor", "downstream", "downstream", "defense"]
                                             + ["eval"] * 4)
 
 
 def test_adding_a_defense_trains_nothing_but_that_defense(digits_env):
     *_, first, second = digits_env
-    assert second.computed == ["defense"]  # linf-pruning; finetune reused; the crash stores nothing
+    assert second.computed == ["defense", "defense"]  # linf-pruning and its control; finetune reused; crash stores nothing
     assert second.cell("finetune")["metrics"] == first.cell("finetune")["metrics"]
     assert second.cell(None)["artifacts"] == first.cell(None)["artifacts"]
 
 
 def test_a_crashing_defense_is_a_failed_cell_and_the_others_complete(digits_env):
     home, _, sc, _, second = digits_env
-    crash = second.cell("crash")
+    crash = next(c for c in second.cells if (c["defense"] or {}).get("id") == "crash" and not c.get("control"))
     assert crash["status"] == "failed" and crash["error"]["type"] == "RuntimeError"
     assert "deliberate crash" in crash["error"]["message"] and crash["metrics"]["transfer"]
     assert second.cell("finetune")["status"] == "ok" and second.cell("linf-pruning")["status"] == "ok"
@@ -86,3 +87,14 @@ def test_cli_prints_the_table_from_the_cache(digits_env):
     assert r.returncode == 0, r.stderr
     assert "upstream backdoored" in r.stdout and "+ finetune" in r.stdout
     assert "0 stages computed" in r.stdout
+
+
+def test_control_cells_run_each_scoring_defense_on_the_clean_upstream_transfer(digits_env):
+    home, _, sc, _, second = digits_env
+    c = second.cell("linf-pruning", control=True)
+    assert c["status"] == "ok" and c["attack"]["id"] == "clean-upstream"
+    m = c["metrics"]["defense"]
+    assert isinstance(m["model_score"], float) and m["asr"] is None and m["der"] is None and m["repaired"]
+    assert c["artifacts"]["downstream_clean"] == second.cell(None)["artifacts"]["downstream_clean"]
+    assert not any(c.get("control") and c["defense"]["id"] in ("crash", "finetune") for c in second.cells)
+    assert cell_path(home / "results", sc, "clean-upstream", "linf-pruning", 0).is_file()

@@ -1,0 +1,53 @@
+"""Activation Clustering (Chen et al. 2018): per label, 2-means on reduced activations; a small cluster is poison."""
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA, FastICA
+
+from benchmark import Defense, DefenseOutput
+from benchmark.training import embeddings
+
+REDUCERS = ("ica", "pca")
+
+
+class ActivationClustering(Defense):
+    position = "data"
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if params["reducer"] not in REDUCERS:
+            raise ValueError(f"reducer must be one of {REDUCERS}, got {params['reducer']!r}")
+        if params["dims"] < 1 or not 0 < params["size_threshold"] < 0.5:
+            raise ValueError("dims >= 1 and size_threshold in (0, 0.5)")
+
+    def reduce(self, a: np.ndarray, seed: int) -> np.ndarray:
+        k = min(self.params["dims"], a.shape[1], len(a) - 1)
+        if self.params["reducer"] == "pca":
+            return PCA(k, random_state=seed).fit_transform(a)
+        return FastICA(k, random_state=seed, max_iter=1000, tol=1e-3, whiten="unit-variance").fit_transform(a)
+
+    def inspect(self, model, train, ctx):
+        r = embeddings(model, train, device=ctx.device).numpy().astype(np.float64)
+        score = np.zeros(len(train))
+        flags = np.zeros(len(train), dtype=bool)
+        per_label = {}
+        for c in range(train.num_classes):
+            idx = np.nonzero(train.labels.numpy() == c)[0]
+            if len(idx) < 4:
+                continue
+            z = self.reduce(r[idx], ctx.seed)
+            km = KMeans(2, n_init=10, random_state=ctx.seed).fit(z)
+            sizes = np.bincount(km.labels_, minlength=2)
+            large = int(sizes.argmax())
+            rel = sizes.min() / len(idx)
+            # continuous score: position along the axis from the larger to the smaller cluster's centre (the
+            # k-means boundary is its midpoint), in units of its standard deviation within the label
+            a, b = km.cluster_centers_[large], km.cluster_centers_[1 - large]
+            proj = (z - (a + b) / 2) @ ((b - a) / max(np.linalg.norm(b - a), 1e-12))
+            score[idx] = proj / max(proj.std(), 1e-12)
+            if rel < self.params["size_threshold"]:
+                flags[idx[km.labels_ != large]] = True
+            per_label[train.classes[c]] = {"smaller_cluster": round(float(rel), 4),
+                                           "flagged": bool(rel < self.params["size_threshold"])}
+        return DefenseOutput(sample_scores=torch.from_numpy(score), sample_flags=torch.from_numpy(flags),
+                             info={"per_label": per_label, "reducer": self.params["reducer"]})
