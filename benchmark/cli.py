@@ -50,6 +50,49 @@ def cmd_run(args) -> int:
     return 1 if failed and args.strict else 0
 
 
+def cmd_grid(args) -> int:
+    from . import grid
+    from .report import print_table
+    from .results import load
+
+    registry = _registry(args)
+    workers = args.workers or _default_workers(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    counts = grid.run(Path(args.grid), home=Path(args.workdir), results=Path(args.results), registry=registry,
+                      executor=args.executor, workers=workers, threads=threads, device=args.device,
+                      isolate=not args.no_isolation, address=args.address, gpus_per_task=args.gpus_per_task,
+                      progress=not args.quiet, log=log,
+                      only={"scenarios": args.scenario, "attacks": args.attack, "defenses": args.defense,
+                            "seeds": args.seeds, "clean_seeds": args.clean_seeds})
+    if not args.quiet:
+        cells = [c for c in load(Path(args.results)) if c["scenario"]["name"] in counts["scenarios"]]
+        for name in counts["scenarios"]:
+            print_table([c for c in cells if c["scenario"]["name"] == name], name)
+    print(f"grid: {counts['tasks']} tasks, {counts['skipped']} already finished, {counts['ran']} run "
+          f"({counts['failed_tasks']} failed tasks, {counts['failed_cells']} failed cells, {counts['computed']} stages "
+          f"computed) in {counts['wall_s']:.1f} s; results in {args.results}/")
+    for e in counts["errors"]:
+        print(f"  failed: {e}")
+    return 1 if counts["failed_tasks"] or (args.strict and counts["failed_cells"]) else 0
+
+
+def _default_workers(device: str) -> int:
+    import torch
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 1) // 4)  # a CPU worker wants a few threads
+
+
+def cmd_plan(args) -> int:
+    from .grid import load_grid
+    from .plan import print_plan
+    _, scenarios = load_grid(Path(args.grid), _registry(args))
+    print_plan(scenarios, args.tflops)
+    print(f"valid: {len(scenarios)} scenario(s), every plugin, parameter and timm architecture checked")
+    return 0
+
+
 def _zoo(args):
     from .zoo import SHIPPED, Zoo
     if getattr(args, "no_zoo", False):
@@ -202,6 +245,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-isolation", action="store_true",
                    help="run defenses in this process (debugging) instead of their own, time- and memory-limited one")
     r.set_defaults(fn=cmd_run)
+
+    g = sub.add_parser("grid", parents=[common], help="run a grid of scenarios x attacks x defenses x seeds, resumably")
+    g.add_argument("grid", help="grid YAML (or a single scenario)")
+    g.add_argument("--scenario", action="append", metavar="GLOB", help="only scenarios matching (repeatable)")
+    g.add_argument("--attack", action="append", metavar="ID", help="only these attacks (repeatable)")
+    g.add_argument("--defense", nargs="*", metavar="ID", help="only these defenses (none given: no defense)")
+    g.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+    g.add_argument("--clean-seeds", nargs="*", type=int, help="seeds of the clean-upstream controls")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine; ray: Ray tasks (--address for a cluster)")
+    g.add_argument("--workers", type=int, default=0, help="local workers [one per GPU, else cores / 4]")
+    g.add_argument("--threads", type=int, default=0, help="torch threads per task [cores / workers]")
+    g.add_argument("--address", default=None, help="Ray cluster address ('auto' inside a cluster); none: a local Ray")
+    g.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each Ray task requests")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--workdir", default=str(_home()), help="artifact store (shared by all workers) [$BDBENCH_HOME]")
+    g.add_argument("--results", default="bdbench-results", help="where result files go")
+    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    g.add_argument("--no-isolation", action="store_true", help="run defenses in the task's process")
+    g.set_defaults(fn=cmd_grid)
+
+    pl_ = sub.add_parser("plan", parents=[common], help="validate a grid or scenario; print its cells and rough cost")
+    pl_.add_argument("grid", help="grid YAML or scenario (name or path)")
+    pl_.add_argument("--tflops", type=float, default=50.0,
+                     help="sustained TFLOP/s to convert FLOPs into hours [50: one recent GPU with AMP]")
+    pl_.set_defaults(fn=cmd_plan)
 
     pl = sub.add_parser("pull", help="download published checkpoints at their pinned revision and verify them")
     pl.add_argument("name", nargs="?", help="checkpoint name in the zoo registry")

@@ -36,6 +36,8 @@ class DataSpec:
     test_split: str = "test"
     test_fraction: float = 0.25          # sklearn-digits only: share held out as test, stratified
     classes: Optional[list[int]] = None  # keep these labels, renumbered 0..k-1 in this order
+    n_train: Optional[int] = None  # sizes, for `bdbench plan` when the data is not at hand
+    n_test: Optional[int] = None
 
     def check(self):
         if self.source == "hub":
@@ -93,13 +95,23 @@ class ImageSpec:
 
 @dataclass
 class Upstream:
+    """The model pretrained on natural images: `arch` trained on `data` with `train`, from random weights,
+    or from timm's pretrained weights `pretrained` (a timm name with its tag, e.g. resnet50.tv_in1k, fetched
+    from the Hub as safetensors) and then trained with `train` (epochs: 0 keeps them as they are)."""
     data: DataSpec
     arch: str
     train: Recipe
     seed: int = 0
+    pretrained: Optional[str] = None
 
     def check(self):
         import timm
+        if self.pretrained is not None:
+            if self.pretrained.split(".")[0] != self.arch:
+                raise Invalid("pretrained", f"{self.pretrained!r} is not a tag of arch {self.arch!r} (expected {self.arch}.TAG)")
+            tags = timm.list_pretrained(f"{self.arch}.*")
+            if self.pretrained not in tags:
+                raise Invalid("pretrained", f"timm has no pretrained weights {self.pretrained!r}; it has {tags or 'none'}")
         if not timm.is_model(self.arch):
             close = timm.list_models(f"*{self.arch.split('_')[0]}*")[:8]
             raise Invalid("arch", f"unknown timm model {self.arch!r}"
@@ -187,6 +199,7 @@ class Scenario:
     defenses: list[PluginSpec] = field(default_factory=list)
     defender: Defender = field(default_factory=Defender)
     seeds: list[int] = field(default_factory=lambda: [0])
+    clean_seeds: Optional[list[int]] = None  # model-level controls: defenses on clean-upstream models (default: seeds)
     description: str = ""
     file: Optional[str] = field(default=None, compare=False)
     sha256: Optional[str] = field(default=None, compare=False)
@@ -203,6 +216,8 @@ class Scenario:
                 raise Invalid(key, f"duplicate entries {sorted(dup)}: give each a distinct 'label'")
         if not self.attacks:
             raise Invalid("attacks", "needs at least one attack")
+        if any(a.id == "clean-upstream" for a in self.attacks):
+            raise Invalid("attacks", "'clean-upstream' names the control cells; give the attack another 'label'")
 
     def section(self, *names) -> dict:
         """JSON-ready sub-tree, for artifact keys."""
@@ -239,8 +254,13 @@ def load_scenario(name_or_path: str = "digits", registry=None) -> Scenario:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(path, "<root>", f"not valid YAML: {e}") from None
+    return from_dict(data, path, hashlib.sha256(raw).hexdigest(), registry)
+
+
+def from_dict(data: dict, path: Path, sha256: str, registry=None) -> Scenario:
+    """A scenario from its parsed YAML (`path` names it in errors and anchors relative data paths)."""
     sc = parse(Scenario, data, file=path)
-    sc.file, sc.sha256 = str(path), hashlib.sha256(raw).hexdigest()
+    sc.file, sc.sha256 = str(path), sha256
     if registry is not None:
         for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
             for i, spec in enumerate(specs):

@@ -1,0 +1,271 @@
+"""Grids: many scenarios x attacks x defenses x seeds, as one declarative YAML file.
+
+    name: cpu-tier
+    scenarios: [cpu-cifar10-chest]          # shipped names or paths (relative to this file)
+    vary:                                   # optional: the cartesian product of overrides, by dotted key
+      upstream.arch: {resnet18: resnet18, mobilenet: mobilenetv3_small_050}   # label: value (or a list)
+      "upstream.arch,image.size": {incv3: [inception_v3, 299]}                 # several keys move together
+    attacks: [badnets, blended]             # optional: replace each scenario's lists
+    defenses: [finetune]
+    seeds: [0, 1, 2]
+
+Each combination is a scenario of its own, named `<scenario>-<label>...`, versioned with its base file
+and hashed over the base file and its overrides. A grid runs as tasks: the clean upstream of every
+scenario first (so parallel workers never train it twice), then one task per (scenario, attack, seed)
+with all its defenses, then the clean-upstream controls. Finished work is never redone: a task whose
+result files all exist (status ok, same scenario hash) is skipped without loading anything, and every
+stage it would compute is cached in the content-addressed store (see store.py), so a killed grid
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import itertools
+import time
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .config import Invalid, parse
+from .errors import BenchError, ConfigError
+from .scenario import PluginSpec, Scenario, from_dict, resolve
+
+
+@dataclass
+class GridFile:
+    name: str
+    scenarios: list[str]
+    vary: dict[str, Any] = field(default_factory=dict)
+    attacks: Optional[list[PluginSpec]] = None
+    defenses: Optional[list[PluginSpec]] = None
+    seeds: Optional[list[int]] = None
+    description: str = ""
+
+    def check(self):
+        if not self.scenarios:
+            raise Invalid("scenarios", "needs at least one scenario")
+        for k, v in self.vary.items():
+            if not isinstance(v, (list, dict)) or not v:
+                raise Invalid(f"vary.{k}", "give a non-empty list of values or a mapping label -> value")
+
+
+def _axis(key: str, values) -> list[tuple[str, Any]]:
+    if isinstance(values, dict):
+        return [(str(label), v) for label, v in values.items()]
+    return [(str(v).replace("/", "_"), v) for v in values]
+
+
+def _set(d: dict, dotted: str, value, file, key) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            raise ConfigError(file, key, f"'{dotted}' does not name a setting of the scenario (no mapping '{p}')")
+        d = d[p]
+    d[parts[-1]] = copy.deepcopy(value)
+
+
+SHIPPED = Path(__file__).parent / "grids"
+
+
+def select(sc: Scenario, attacks=None, defenses=None, seeds=None, clean_seeds=None) -> Scenario:
+    """The scenario restricted to these attack / defense ids and seeds (None: keep; [] defenses: none). The
+    scenario itself (name, version, hash) is unchanged: a subset of its cells."""
+    import dataclasses
+    for kind, want, have in (("attack", attacks, sc.attacks), ("defense", defenses, sc.defenses)):
+        unknown = sorted(set(want or []) - {p.id for p in have})
+        if unknown:
+            raise BenchError(f"scenario {sc.name} has no {kind} {unknown}; it has {[p.id for p in have]}")
+    return dataclasses.replace(
+        sc, attacks=[a for a in sc.attacks if attacks is None or a.id in attacks],
+        defenses=[d for d in sc.defenses if defenses is None or d.id in defenses],
+        seeds=list(seeds) if seeds is not None else sc.seeds,
+        clean_seeds=list(clean_seeds) if clean_seeds is not None else sc.clean_seeds)
+
+
+def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]]:
+    """The grid and its expanded, validated scenarios. A plain scenario file (or shipped scenario name) is a
+    grid of one; a shipped grid is found by name in benchmark/grids/."""
+    path = Path(path)
+    if not path.exists() and (SHIPPED / f"{path}.yaml").is_file():
+        path = SHIPPED / f"{path}.yaml"
+    raw = path.read_bytes() if path.is_file() else None
+    data = yaml.safe_load(raw) if raw is not None else None
+    if raw is None or not (isinstance(data, dict) and "scenarios" in data):
+        from .scenario import load_scenario
+        sc = load_scenario(str(path), registry)
+        return GridFile(name=sc.name, scenarios=[str(path)]), [sc]
+    grid = parse(GridFile, data, file=path)
+    out = []
+    axes = [[(k, label, v) for label, v in _axis(k, vals)] for k, vals in grid.vary.items()]
+    for ref in grid.scenarios:
+        base_path = resolve(ref if Path(ref).suffix not in (".yaml", ".yml") else str(path.parent / ref))
+        base_raw = base_path.read_bytes()
+        base = yaml.safe_load(base_raw)
+        for combo in itertools.product(*axes) if axes else [()]:
+            d = copy.deepcopy(base)
+            for k, label, v in combo:
+                keys = [x.strip() for x in k.split(",")]
+                vals = v if len(keys) > 1 else [v]
+                if len(vals) != len(keys):
+                    raise ConfigError(path, f"vary.{k}.{label}", f"give {len(keys)} values, one per key in '{k}'")
+                for kk, vv in zip(keys, vals):
+                    _set(d, kk, vv, path, f"vary.{k}")
+            for k in ("attacks", "defenses", "seeds"):
+                if data.get(k) is not None:
+                    d[k] = copy.deepcopy(data[k])
+            if combo:
+                d["name"] = "-".join([d["name"]] + [label for _, label, _ in combo])
+            overrides = json.dumps([[k, label, v] for k, label, v in combo] + [data.get(k) for k in
+                                   ("attacks", "defenses", "seeds")], sort_keys=True, default=str)
+            sha = hashlib.sha256(base_raw + overrides.encode()).hexdigest()
+            try:
+                out.append(from_dict(d, base_path, sha, registry))
+            except ConfigError as e:
+                raise BenchError(f"{path}: scenario {d.get('name')} (from {base_path} with "
+                                 f"{', '.join(f'{k}={label}' for k, label, _ in combo) or 'no overrides'}): {e}") from None
+    names = [s.name for s in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BenchError(f"{path}: the grid expands to duplicate scenario names {dup}; give the vary values labels")
+    return grid, out
+
+
+# ---------------------------------------------------------------- tasks
+
+@dataclass
+class Task:
+    """One unit of work. kind: 'upstream' (the scenario's clean model), 'cell' (an attack at a seed with all
+    defenses), 'controls' (the defenses on the clean-upstream transfer of a seed)."""
+    kind: str
+    scenario: str  # the scenario's name
+    attack: Optional[str] = None
+    seed: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        return " / ".join(str(x) for x in (self.scenario, self.kind if self.kind != "cell" else self.attack,
+                                          None if self.seed is None else f"seed {self.seed}") if x is not None)
+
+
+def plan_tasks(scenarios: list[Scenario]) -> list[list[Task]]:
+    """Three phases: every phase's tasks are independent of each other and need the previous phase done."""
+    ups = [Task("upstream", s.name) for s in scenarios]
+    cells = [Task("cell", s.name, a.id, seed) for s in scenarios for a in s.attacks for seed in s.seeds]
+    controls = [Task("controls", s.name, None, seed) for s in scenarios if s.defenses
+                for seed in (s.clean_seeds if s.clean_seeds is not None else s.seeds)]
+    return [ups, cells, controls]
+
+
+def _ok(path: Path, sc: Scenario) -> bool:
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return r.get("status") == "ok" and r.get("scenario", {}).get("sha256") == sc.sha256
+
+
+def upstream_ready(sc: Scenario, registry, home: Path) -> bool:
+    import torch
+
+    from .pipeline import Runner
+    from .store import Store
+    try:
+        Runner(sc, registry, Store(home), Path("."), torch.device("cpu"), progress=False, log=lambda m: None,
+               build=False).clean_upstream()
+        return True
+    except BenchError:
+        return False
+
+
+def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bool:
+    """Whether every result file the task would write exists, finished (status ok), for this exact scenario."""
+    from .pipeline import cell_path
+    if task.kind == "upstream":
+        return upstream_ready(sc, registry, home)
+    if task.kind == "cell":
+        spec = next(a for a in sc.attacks if a.id == task.attack)
+        poisons = registry.plugin_class("attack", spec.name).poisons_data
+        wanted = [None] + [d.id for d in sc.defenses
+                           if poisons or registry.plugin_class("defense", d.name).position != "data"]
+        return all(_ok(cell_path(results, sc, task.attack, d, task.seed), sc) for d in wanted)
+    folder = Path(results) / f"{sc.name}-v{sc.version}"
+    for d in sc.defenses:
+        scored = any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))
+        if scored and not _ok(cell_path(results, sc, "clean-upstream", d.id, task.seed), sc):
+            return False
+    return True
+
+
+def _scored(f: Path) -> bool:
+    r = json.loads(f.read_text())
+    return not r.get("control") and r["status"] == "ok" and \
+        (r["metrics"].get("defense") or {}).get("model_score") is not None
+
+
+def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str = "local", workers: int = 1,
+        threads: int = 0, device: str = "auto", isolate: bool = True, address: str | None = None,
+        gpus_per_task: float = 0.0, progress: bool = True, log=print, only: dict | None = None) -> dict:
+    """Run every unfinished task of the grid, phase by phase; returns counts for the caller to report.
+    `only`: {scenarios, attacks, defenses, seeds} restricting what runs (None entries: everything)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from . import executors
+
+    grid, scenarios = load_grid(grid_path, registry)
+    only = {k: v for k, v in (only or {}).items() if v is not None}
+    scenarios = [select(s, only.get("attacks"), only.get("defenses"), only.get("seeds"), only.get("clean_seeds"))
+                 for s in scenarios if "scenarios" not in only or any(fnmatch.fnmatch(s.name, p) for p in only["scenarios"])]
+    if not scenarios:
+        raise BenchError(f"{grid_path}: no scenario matches {only.get('scenarios')}")
+    by_name = {s.name: s for s in scenarios}
+    phases = plan_tasks(scenarios)
+    total = sum(len(p) for p in phases)
+    base = {"grid": str(Path(grid_path).resolve() if Path(grid_path).exists() else grid_path), "only": only, "roots": [str(r) for r in registry.roots], "home": str(home),
+            "results": str(results), "device": device, "isolate": isolate, "threads": threads}
+    counts = {"tasks": total, "skipped": 0, "ran": 0, "failed_tasks": 0, "failed_cells": 0, "computed": 0}
+    errors = []
+    t0 = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        tid = bar.add_task(f"grid {grid.name}", total=total)
+        for phase in phases:
+            todo = []
+            for t in phase:
+                if is_done(t, by_name[t.scenario], results, registry, home):
+                    counts["skipped"] += 1
+                    bar.advance(tid)
+                else:
+                    todo.append({**base, "kind": t.kind, "scenario": t.scenario, "attack": t.attack, "seed": t.seed})
+            if not todo:
+                continue
+            if executor == "ray":
+                stream = executors.ray(todo, address, max(1, threads or 1), gpus_per_task)
+            elif workers > 1:
+                stream = executors.local(todo, workers)
+            else:
+                stream = executors.serial(todo)
+            for r in stream:
+                counts["ran"] += 1
+                j = r["job"]
+                label = Task(j["kind"], j["scenario"], j["attack"], j["seed"]).label
+                if r["ok"]:
+                    counts["failed_cells"] += r["failed"]
+                    counts["computed"] += r["computed"]
+                    log(f"[done] {label}: {r['cells']} cells ({r['failed']} failed), {r['computed']} stages "
+                        f"computed, {r['wall']:.1f} s")
+                else:
+                    counts["failed_tasks"] += 1
+                    errors.append(f"{label}: {r['error']}")
+                    log(f"[failed] {label}: {r['error']}")
+                bar.advance(tid)
+    counts["wall_s"] = time.perf_counter() - t0
+    counts["errors"] = errors
+    counts["scenarios"] = [s.name for s in scenarios]
+    return counts

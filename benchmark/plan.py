@@ -1,0 +1,108 @@
+"""`bdbench plan`: validate a scenario or grid and say what it would run and roughly what it costs,
+without downloading or training anything (models are built on the meta device to count FLOPs)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .scenario import DataSpec, Scenario
+
+
+@functools.lru_cache(maxsize=None)
+def gflops(arch: str, size: int, channels: int, classes: int = 10) -> float:
+    """Forward GFLOPs (2 x multiply-adds) of one image, counted by torch's FlopCounterMode on meta tensors."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        model = timm.create_model(arch, num_classes=classes, in_chans=channels).eval()
+        x = torch.empty(1, channels, size, size)
+    with FlopCounterMode(display=False) as fc:
+        model(x)
+    return fc.get_total_flops() / 1e9
+
+
+def sizes(spec: DataSpec, base: Path) -> tuple[Optional[int], Optional[int]]:
+    """(train, test) image counts: from the parquet metadata of a local dataset, the bundled digits, or the
+    scenario's n_train / n_test hints."""
+    if spec.source == "sklearn-digits":
+        from sklearn.datasets import load_digits
+        y = load_digits().target
+        n = int(sum(1 for v in y if spec.classes is None or v in spec.classes))
+        return n - round(n * spec.test_fraction), round(n * spec.test_fraction)
+    if spec.source == "local":
+        folder = (base / spec.path).resolve()
+        try:
+            import pyarrow.parquet as pq
+            count = lambda split: sum(pq.ParquetFile(f).metadata.num_rows  # noqa: E731
+                                      for f in sorted((folder / "data").glob(f"{split}-*.parquet")))
+            tr, te = count(spec.train_split), count(spec.test_split)
+            if tr:
+                return tr, te
+        except Exception:  # noqa: BLE001 - fall back to the hints
+            pass
+    return spec.n_train, spec.n_test
+
+
+@dataclass
+class Estimate:
+    scenario: Scenario
+    cells: int
+    gflops_up: float
+    gflops_down: float
+    n: dict
+    train_pflop: Optional[float]   # training passes (forward + backward = 3 x forward)
+    eval_pflop: Optional[float]
+
+    def hours(self, tflops: float) -> Optional[float]:
+        if self.train_pflop is None:
+            return None
+        return (self.train_pflop + self.eval_pflop) * 1e3 / tflops / 3600
+
+
+def estimate(sc: Scenario) -> Estimate:
+    base = sc.base_dir
+    up_tr, up_te = sizes(sc.upstream.data, base)
+    dn_tr, dn_te = sizes(sc.downstream.data, base)
+    n = {"upstream train": up_tr, "upstream test": up_te, "downstream train": dn_tr, "downstream test": dn_te}
+    g_up = gflops(sc.upstream.arch, sc.image.size, sc.image.channels)
+    g_dn = gflops(sc.upstream.arch, sc.image.size, sc.image.channels, 2)
+    runs = len(sc.attacks) * len(sc.seeds)
+    cells = runs * (1 + len(sc.defenses))
+    if None in (up_tr, up_te, dn_tr, dn_te):
+        return Estimate(sc, cells, g_up, g_dn, n, None, None)
+    clean_seeds = len(set(sc.seeds) | set(sc.clean_seeds or []))
+    train = (sc.upstream.train.epochs * up_tr * g_up                        # once per scenario
+             + runs * sc.attack.inject.epochs * up_tr * g_up                # plant, per attack and seed
+             + (runs + clean_seeds) * sc.downstream.train.epochs * dn_tr * g_dn)  # transfers
+    evals = runs * (4 * up_te * g_up + 4 * dn_te * g_dn)                    # clean + triggered, both models
+    return Estimate(sc, cells, g_up, g_dn, n, 3 * train / 1e6, evals / 1e6)
+
+
+def print_plan(scenarios: list[Scenario], tflops: float, console=None) -> list[Estimate]:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console(width=160)
+    t = Table(title=f"plan: {len(scenarios)} scenario(s); time at a sustained {tflops:g} TFLOP/s", title_justify="left")
+    for col in ("scenario", "arch", "px", "GFLOPs/img", "images up / down (train)", "attacks x seeds", "defenses",
+                "cells", "PFLOP", "hours"):
+        t.add_column(col, justify="left" if col in ("scenario", "arch") else "right")
+    out, total_h, total_cells = [], 0.0, 0
+    for sc in scenarios:
+        e = estimate(sc)
+        out.append(e)
+        h = e.hours(tflops)
+        total_h += h or 0
+        total_cells += e.cells
+        t.add_row(sc.name, sc.upstream.arch, str(sc.image.size), f"{e.gflops_up:.2f}",
+                  f"{e.n['upstream train'] or '?'} / {e.n['downstream train'] or '?'}",
+                  f"{len(sc.attacks)} x {len(sc.seeds)}", str(len(sc.defenses)), str(e.cells),
+                  "?" if e.train_pflop is None else f"{e.train_pflop + e.eval_pflop:.2f}",
+                  "?" if h is None else f"{h:.2f}")
+    console.print(t)
+    console.print(f"{total_cells} cells; about {total_h:.1f} hours of training and evaluation at {tflops:g} TFLOP/s "
+                  "(defenses not included; '?' where a dataset's size is unknown: give n_train / n_test).",
+                  style="dim")
+    return out

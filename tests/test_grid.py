@@ -1,0 +1,115 @@
+"""Grids: expansion, validation, the task plan, resuming after kill -9, and the Ray executor."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import grid
+from benchmark.errors import BenchError
+
+from .conftest import REPO
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_vary_expands_the_cartesian_product_with_labels(registry, tmp_path):
+    g, scs = grid.load_grid(DATA / "tiny-grid.yaml", registry)
+    assert [s.name for s in scs] == ["tiny-full", "tiny-linear"]
+    assert [s.downstream.protocol for s in scs] == ["full", "linear"]
+    assert len({s.sha256 for s in scs}) == 2 and all(s.version == 1 for s in scs)
+    # several keys moving together, and mapping values
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump({"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {
+        "upstream.arch,image.size": {"a": ["test_resnet", 16], "b": ["test_vit", 32]},
+        "downstream.data": {"d": {"source": "sklearn-digits", "classes": [5, 6]}}}}, sort_keys=False))
+    _, scs = grid.load_grid(f, registry)
+    assert [(s.name, s.upstream.arch, s.image.size, s.downstream.data.classes) for s in scs] == [
+        ("tiny-a-d", "test_resnet", 16, [5, 6]), ("tiny-b-d", "test_vit", 32, [5, 6])]
+
+
+@pytest.mark.parametrize("vary,match", [
+    ({"upstream.nope.arch": ["x"]}, "does not name a setting"),
+    ({"upstream.arch": ["no_such_net"]}, "unknown timm model"),
+    ({"upstream.arch,image.size": {"a": ["test_resnet"]}}, "give 2 values"),
+])
+def test_bad_grids_name_the_file_and_the_fix(registry, tmp_path, vary, match):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"name": "bad", "scenarios": [str(DATA / "tiny.yaml")], "vary": vary}))
+    with pytest.raises(BenchError, match=match) as e:
+        grid.load_grid(f, registry)
+    assert "bad.yaml" in str(e.value)
+
+
+def test_task_plan_has_three_phases(registry):
+    _, scs = grid.load_grid(DATA / "tiny-grid.yaml", registry)
+    ups, cells, controls = grid.plan_tasks(scs)
+    assert len(ups) == 2 and len(cells) == 2 * 2 * 2 and len(controls) == 2 * 2
+    assert {t.kind for t in cells} == {"cell"}
+
+
+def test_shipped_grids_plan(registry, capsys):
+    from benchmark.plan import print_plan
+    for name, n in (("matsuo2022", 40), ("cpu", 6)):
+        _, scs = grid.load_grid(name, registry)
+        assert len(scs) == n
+    _, scs = grid.load_grid("matsuo2022", registry)
+    est = print_plan(scs[:2], tflops=50.0)
+    assert est[0].gflops_up == pytest.approx(30.9, rel=0.02)  # VGG16 at 224 px: 15.5 GMACs
+    assert est[0].train_pflop > 0 and est[1].train_pflop is None  # AIDER's size is not given
+    assert "vgg16" in capsys.readouterr().out
+
+
+def _results(root):
+    return {p: p.stat().st_mtime_ns for p in Path(root).rglob("seed-*.json")}
+
+
+def test_grid_resumes_after_kill_9_and_never_redoes_finished_cells(registry, tmp_path):
+    home, results = tmp_path / "home", tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchmark", "grid", str(DATA / "tiny-grid.yaml"), "--workdir", str(home),
+           "--results", str(results), "--workers", "1", "--quiet", "--no-isolation"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(_results(results)) < 4 and time.time() < deadline:  # two cells finished (2 files each)
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = _results(results)
+    assert 4 <= len(finished) < 2 * 2 * 2 * 2 + 4, "kill the grid midway"
+    counts = grid.run(DATA / "tiny-grid.yaml", home=home, results=results, registry=registry, progress=False,
+                      log=lambda m: None, isolate=False)
+    assert counts["failed_tasks"] == 0 and counts["failed_cells"] == 0
+    after = _results(results)
+    assert all(after[p] == t for p, t in finished.items()), "a finished cell was redone"
+    assert counts["skipped"] >= 2 + len(finished) // 2 - 1  # both upstreams and the finished cells
+    n_cells = 2 * 2 * 2 * 2  # scenarios x attacks x seeds x (none + linf)
+    n_controls = 2 * 2  # linf-pruning gives a model score: a control per scenario and seed
+    assert len(after) == n_cells + n_controls
+    again = grid.run(DATA / "tiny-grid.yaml", home=home, results=results, registry=registry, progress=False,
+                     log=lambda m: None, isolate=False)
+    assert again["ran"] == 0 and again["skipped"] == again["tasks"]
+
+
+def test_ray_executor_runs_the_same_tasks(registry, tmp_path):
+    ray = pytest.importorskip("ray")
+    home, results = tmp_path / "home", tmp_path / "results"
+    only = {"attacks": ["badnets"], "seeds": [0], "scenarios": ["tiny-full"]}
+    local = grid.run(DATA / "tiny-grid.yaml", home=home, results=results / "local", registry=registry,
+                     progress=False, log=lambda m: None, isolate=False, only=only)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        remote = grid.run(DATA / "tiny-grid.yaml", home=home, results=results / "ray", registry=registry,
+                          executor="ray", threads=1, progress=False, log=lambda m: None, isolate=False, only=only)
+    finally:
+        ray.shutdown()
+    assert local["failed_tasks"] == remote["failed_tasks"] == 0
+    assert remote["ran"] == 2 and remote["computed"] == 0  # cell + controls; every stage came from the shared store
+    for p in (results / "local").rglob("seed-*.json"):
+        a = json.loads(p.read_text())
+        b = json.loads((results / "ray" / p.relative_to(results / "local")).read_text())
+        assert a["metrics"] == b["metrics"] and a["artifacts"] == b["artifacts"]
