@@ -125,10 +125,16 @@ def parse(cls, data, *, file, path: str = ""):
     return obj
 
 
+# field metadata for a setting added after results were cached: left at its default it is omitted from
+# to_dict, so every artifact key computed before it existed stays the same
+ADDED = {"omit_default": True}
+
+
 def to_dict(obj) -> Any:
     """Plain, JSON-ready form of a parsed config (used for hashing and provenance)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.init and not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

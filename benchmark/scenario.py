@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import Invalid, parse, to_dict
+from .config import ADDED, Invalid, parse, to_dict
 from .errors import BenchError, ConfigError
 
 SHIPPED = resources.files("benchmark") / "scenarios"
@@ -36,8 +36,8 @@ class DataSpec:
     test_split: str = "test"
     test_fraction: float = 0.25          # sklearn-digits only: share held out as test, stratified
     classes: Optional[list[int]] = None  # keep these labels, renumbered 0..k-1 in this order
-    n_train: Optional[int] = None  # sizes, for `bdbench plan` when the data is not at hand
-    n_test: Optional[int] = None
+    n_train: Optional[int] = field(default=None, metadata=ADDED)  # sizes, for `bdbench plan` when the data
+    n_test: Optional[int] = field(default=None, metadata=ADDED)   # is not at hand
 
     def check(self):
         if self.source == "hub":
@@ -102,7 +102,7 @@ class Upstream:
     arch: str
     train: Recipe
     seed: int = 0
-    pretrained: Optional[str] = None
+    pretrained: Optional[str] = field(default=None, metadata=ADDED)
 
     def check(self):
         import timm

@@ -98,3 +98,14 @@ def test_cli_reports_a_malformed_scenario_and_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmark", "run", str(p)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "upstream.train.epochs" in r.stderr and str(p) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stage_keys_of_the_default_scenario_are_stable():
+    """Artifact keys hash the scenario's sections; a new optional setting must not change the keys of
+    scenarios that leave it at its default (config.ADDED), or every cached stage would be rebuilt."""
+    from benchmark.config import to_dict
+    from benchmark.store import key_of
+    sc = load_scenario("digits")
+    spec = {"image": to_dict(sc.image), "upstream": to_dict(sc.upstream)}
+    assert "pretrained" not in spec["upstream"] and "n_train" not in spec["upstream"]["data"]
+    assert key_of("upstream", spec) == "d1c742b002c4294456f1ac3b"

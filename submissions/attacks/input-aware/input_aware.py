@@ -47,6 +47,7 @@ def diversity(x1, x2, t1, t2):
 
 
 class InputAware(Attack):
+    poisons_data = False  # it trains the model itself: there is no poisoned training set to inspect
     def __init__(self, **params):
         super().__init__(**params)
         if not (0 < params["p_attack"] and params["p_attack"] + params["p_cross"] < 1):
