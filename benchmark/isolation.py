@@ -35,7 +35,16 @@ class DefenseFailure(BenchError):
     pass
 
 
+def _orphan_watch(parent: int) -> None:
+    """Exit when the parent dies (e.g. a grid killed with -9): no defense keeps running unowned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(3)
+
+
 def _child(job: dict) -> None:
+    import threading
+    threading.Thread(target=_orphan_watch, args=(job["parent"],), daemon=True).start()
     os.chdir(job["folder"])  # relative paths in the defense resolve inside its own folder
     for k in HIDDEN_ENV:
         os.environ.pop(k, None)
@@ -90,7 +99,7 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
         shutil.copyfile(model_path, folder / "model.safetensors")  # no path into the store
         save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
                   str(folder / "data.safetensors"))
-        job = {"folder": tmp, "roots": [str(r) for r in roots], "name": name, "params": params,
+        job = {"folder": tmp, "parent": os.getpid(), "roots": [str(r) for r in roots], "name": name, "params": params,
                "config": config, "classes": data.classes, "device": str(device), "seed": seed,
                "memory_gb": memory_gb, "threads": torch.get_num_threads(), "has_eval": eval_images is not None}
         proc = mp.get_context("spawn").Process(target=_child, args=(job,), daemon=True)
