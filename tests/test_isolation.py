@@ -122,3 +122,48 @@ def test_a_cheating_defense_finds_nothing_when_isolated(digits_env, tmp_path_fac
         else:
             assert any("stack local" in f for f in found) and any("live object" in f for f in found), found
     assert 0 < clean_n <= 35  # 5% of the digits victim's training set (about 600 images)
+
+
+def test_a_defense_process_exits_when_its_parent_is_killed(tmp_path):
+    """kill -9 of the run (e.g. a grid) must not leave a defense running unowned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    subs = tmp_path / "subs"
+    write_submission(subs, "defense", "hang", HANG)
+    script = f"""
+import torch
+from pathlib import Path
+from benchmark.isolation import run_defense
+from benchmark.models import Classifier, save
+from tests.conftest import random_images
+m = Classifier("test_resnet", 4, 3); save(m, Path({str(tmp_path)!r}) / "m.safetensors")
+run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Path({str(tmp_path)!r}) / "m.safetensors",
+            config=m.config, data=random_images(n=8), eval_images=None, device=torch.device("cpu"), seed=0,
+            time_limit=600, memory_gb=0)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+
+    def children():
+        out = []
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd"):
+                    out.append(int(pid))
+            except OSError:
+                pass
+        return out
+    deadline = time.time() + 120
+    while not children() and time.time() < deadline:
+        time.sleep(0.2)
+    kids = children()
+    assert kids, "the defense process never started"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kids) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kids)
