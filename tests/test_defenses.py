@@ -75,6 +75,32 @@ def test_linf_statistic_is_the_spatial_max(linf):
     assert torch.allclose(l1, f.abs().sum((2, 3)).mean(0), atol=1e-4)
 
 
+def test_linf_pruning_at_a_batch_norm_layer(registry):
+    """layer = a BatchNorm2d: channels scored by their post-ReLU activation maps there; pruned neurons have
+    scale and shift 0 after the fine-tune (so their ReLU output is 0), the feature mask is untouched."""
+    layer = "net.layer4.0.bn1"
+    d = registry.create("defense", "linf-pruning", {"finetune_epochs": 1, "layer": layer, "ratio": 0.25})
+    model = tiny()
+    bn = dict(model.named_modules())[layer]
+    clean = random_images(n=32)
+    seen = {}
+    h = bn.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o.relu()))
+    with torch.no_grad():
+        model.eval()(clean.images.float() / 255)
+    h.remove()
+    expect = seen["a"].abs().amax((2, 3)).mean(0)
+    got = type(d).run.__globals__["channel_norms"](model, clean, torch.device("cpu"), "linf", layer)
+    assert torch.allclose(got, expect, atol=1e-5)
+    out = d.run(model, clean, Context(torch.device("cpu"), seed=0, progress=False))
+    bn = dict(out.model.named_modules())[layer]
+    pruned = out.info["pruned"]
+    assert len(pruned) == round(0.25 * bn.num_features) and out.info["layer"] == layer
+    assert torch.all(bn.weight[pruned] == 0) and torch.all(bn.bias[pruned] == 0)
+    assert torch.all(out.model.feature_mask == 1)
+    with pytest.raises(ValueError, match="not a BatchNorm2d"):
+        registry.create("defense", "linf-pruning", {"layer": "net.nope"}).run(tiny(), clean, Context(torch.device("cpu"), 0, False))
+
+
 def test_finetune_changes_weights_and_only_sees_clean_data(registry):
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,5 +1,7 @@
-"""l_inf neuron pruning (Cheng et al. 2020), on the last feature map, then a brief fine-tune."""
+"""l_inf neuron pruning (Cheng et al. 2020), on the last feature map or a chosen batch-norm layer, then a
+brief fine-tune."""
 import torch
+from torch import nn
 
 from benchmark import Defense, DefenseOutput, models
 from benchmark.scenario import Recipe
@@ -7,18 +9,40 @@ from benchmark.scenario import Recipe
 STATISTICS = ("linf", "l2", "l1")
 
 
-def channel_norms(model, clean, device, statistic: str = "linf", batch_size: int = 256) -> torch.Tensor:
-    """Mean over inputs of each channel's activation-map norm at the last feature map: (C,)."""
-    total, n = None, 0
+def _bn(model, layer: str) -> nn.BatchNorm2d:
+    mod = dict(model.named_modules()).get(layer)
+    if not isinstance(mod, nn.BatchNorm2d):
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        raise ValueError(f"layer {layer!r} is not a BatchNorm2d of {model.arch}; use 'features' or one of "
+                         f"{', '.join(names[-6:])} ...")
+    return mod
+
+
+def channel_norms(model, clean, device, statistic: str = "linf", layer: str = "features",
+                  batch_size: int = 256) -> torch.Tensor:
+    """Mean over inputs of each channel's activation-map norm: (C,). `features`: the last feature map;
+    else the output of batch-norm module `layer` after ReLU (what the next convolution sees)."""
+    total, n, seen = None, 0, {}
     model.to(device).eval()
-    with torch.inference_mode():
-        for x, _ in clean.batches(batch_size, device):
-            f = model.features(x).float()
-            f = f.flatten(2) if f.ndim == 4 else f.transpose(1, 2)  # (N, C, positions)
-            a = f.abs()
-            s = a.amax(2) if statistic == "linf" else (a.pow(2).sum(2).sqrt() if statistic == "l2" else a.sum(2))
-            total = s.sum(0) if total is None else total + s.sum(0)
-            n += len(x)
+    hook = None
+    if layer != "features":
+        hook = _bn(model, layer).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o.relu()))
+    try:
+        with torch.inference_mode():
+            for x, _ in clean.batches(batch_size, device):
+                if hook is None:
+                    f = model.features(x).float()
+                else:
+                    model(x)
+                    f = seen["a"].float()
+                f = f.flatten(2) if f.ndim == 4 else f.transpose(1, 2)  # (N, C, positions)
+                a = f.abs()
+                s = a.amax(2) if statistic == "linf" else (a.pow(2).sum(2).sqrt() if statistic == "l2" else a.sum(2))
+                total = s.sum(0) if total is None else total + s.sum(0)
+                n += len(x)
+    finally:
+        if hook is not None:
+            hook.remove()
     return (total / n).cpu()
 
 
@@ -52,17 +76,28 @@ class LinfPruning(Defense):
 
     def run(self, model, clean, ctx):
         p = self.params
-        norms = channel_norms(model, clean, ctx.device, p["statistic"])
+        norms = channel_norms(model, clean, ctx.device, p["statistic"], p["layer"])
         z = robust_z(norms)
         pruned = self.select(z)
-        with torch.no_grad():
-            model.feature_mask[pruned] = 0.0
+        if p["layer"] == "features":  # the model's own channel mask: stays through the fine-tune
+            with torch.no_grad():
+                model.feature_mask[pruned] = 0.0
+            keep_pruned = None
+        else:  # a batch-norm neuron: scale and shift to 0 (its ReLU output is then 0), kept there while fine-tuning
+            bn = _bn(model, p["layer"])
+
+            def keep_pruned():
+                with torch.no_grad():
+                    bn.weight[pruned] = 0.0
+                    bn.bias[pruned] = 0.0
+            keep_pruned()
         models.set_protocol(model, "full")
         recipe = Recipe(epochs=p["finetune_epochs"], lr=p["lr"], batch_size=p["batch_size"])
-        ctx.train(model, clean, recipe, desc="linf-pruning finetune")
+        ctx.train(model, clean, recipe, desc="linf-pruning finetune", after_step=keep_pruned)
         return DefenseOutput(
             model=model,
             model_score=float(z.max()),
-            info={"layer": "last feature map", "channels": len(z), "pruned": pruned,
+            info={"layer": "last feature map" if p["layer"] == "features" else p["layer"], "channels": len(z),
+                  "pruned": pruned,
                   "pruned_z": [round(float(z[c]), 3) for c in pruned], "statistic": p["statistic"]},
         )
