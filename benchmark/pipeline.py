@@ -361,6 +361,8 @@ class Runner:
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
         base = {"attack": {"id": attack.id, "name": attack.name, "info": None,
                            "params": self.registry.resolve_params("attack", attack.name, attack.params)}, "seed": seed}
+        if not self.registry.plugin_class("attack", attack.name).plants_backdoor:
+            base["attack"]["null"] = True  # a control: negatives of model-level detection
         stages: dict[str, Artifact] = {}
         try:
             stages["upstream"] = self.clean_upstream()

@@ -85,6 +85,7 @@ class Attack(Plugin):
     `info` (JSON) is recorded in every result of the attack (e.g. the trigger's norms)."""
 
     poisons_data = True  # False for an attack that controls training: there is no poisoned set to inspect
+    plants_backdoor = True  # False for a control (the `no-poison` attack): its models are negatives in model-level detection
 
     def __init__(self, **params: Any):
         super().__init__(**params)

@@ -26,7 +26,7 @@ def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, s
     """attack id -> [(row label, {metric: values over seeds}, n seeds, failure note)]"""
     by_attack = defaultdict(list)
     for c in cells:
-        if not c.get("control"):
+        if not c.get("control") and not c["attack"].get("null"):
             by_attack[c["attack"]["id"]].append(c)
     out = {}
     for attack, cs in by_attack.items():
@@ -75,11 +75,13 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
     det = model_detection_rows(cells)
     if det:
         t = Table(title=f"{title} · model-level detection (backdoored- vs clean-upstream transfers)", title_justify="left")
-        for col in ("defense", "AUROC", "AUPR", "TPR@5%FPR", "backdoored", "clean", "missing"):
+        for col in ("defense", "AUROC", "AUPR", "TPR@5%FPR", "backdoored", "negatives", "AUROC by negative", "missing"):
             t.add_column(col, justify="left" if col == "defense" else "right")
         for r in det:
             t.add_row(r["defense"], f"{r['auroc']:.3f}", f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}",
-                      str(r["n_backdoored"]), str(r["n_clean"]), str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
+                      str(r["n_backdoored"]), str(r["n_clean"]),
+                      ", ".join(f"{k} {v:.3f}" for k, v in r["by_negative"].items()),
+                      str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
         console.print(t)
     console.print("upstream rows: same label space, the attack's own target. downstream rows: after transfer to the "
                   "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "

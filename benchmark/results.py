@@ -87,20 +87,30 @@ def is_control(c: dict) -> bool:
 
 def model_detection_rows(cells: list[dict]) -> list[dict]:
     """Model-level detection per defense that gives model scores: AUROC / AUPR / TPR at 5% FPR of its scores
-    on the models transferred from backdoored upstreams (every attack x seed) against those transferred from
-    the clean upstream (control cells). A failed cell or a missing score counts 0.5 (see metrics)."""
-    by = defaultdict(lambda: ([], []))
+    on the models transferred from backdoored upstreams (every attack x seed) against the negatives: models
+    transferred from the clean upstream (control cells) and from null-attack upstreams (the same injection
+    fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or a
+    missing score counts 0.5 (see metrics)."""
+    by = defaultdict(lambda: ([], {"clean-upstream": [], "null-injection": []}))
     for c in cells:
         if c["defense"] is None:
             continue
         pos, neg = by[c["defense"]["id"]]
         m = (c.get("metrics") or {}).get("defense") or {}
-        (neg if is_control(c) else pos).append(m.get("model_score") if c["status"] == "ok" else None)
+        score = m.get("model_score") if c["status"] == "ok" else None
+        if is_control(c):
+            neg["clean-upstream"].append(score)
+        elif c["attack"].get("null"):
+            neg["null-injection"].append(score)
+        else:
+            pos.append(score)
     rows = []
     for d, (pos, neg) in sorted(by.items()):
-        if not pos or not neg or all(v is None for v in pos + neg):
+        negs = neg["clean-upstream"] + neg["null-injection"]
+        if not pos or not negs or all(v is None for v in pos + negs):
             continue  # no controls, or a defense without model scores
-        rows.append({"defense": d, **model_detection(pos, neg)})
+        rows.append({"defense": d, **model_detection(pos, negs),
+                     "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
     return rows
 
 
@@ -109,7 +119,7 @@ def attack_rows(cells: list[dict]) -> list[dict]:
     best detection AUROC any defense reaches against it (lower = stealthier)."""
     by = defaultdict(list)
     for c in cells:
-        if not is_control(c):
+        if not is_control(c) and not c["attack"].get("null"):
             by[c["attack"]["id"]].append(c)
     rows = []
     for attack, cs in sorted(by.items()):
@@ -136,7 +146,7 @@ def defense_rows(cells: list[dict]) -> list[dict]:
     """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
     by = defaultdict(list)
     for c in cells:
-        if c["defense"] is not None and not is_control(c):
+        if c["defense"] is not None and not is_control(c) and not c["attack"].get("null"):
             by[(c["defense"]["id"], c["attack"]["id"])].append(c)
     rows = []
     for (defense, attack), cs in sorted(by.items()):

@@ -195,3 +195,13 @@ def test_same_trigger_on_every_device(registry, name, device):
     out = a.apply(x.to(device))
     assert out.device.type == device and out.dtype == x.dtype
     assert torch.allclose(out.cpu(), a.apply(x), atol=1e-5)
+
+
+def test_no_poison_attack_poisons_nothing_and_is_marked_a_control(registry):
+    from benchmark.scenario import AttackBudget, Recipe
+    a = registry.create("attack", "no-poison")
+    data = random_images(n=20)
+    p = a.poison(data, AttackBudget(0.1, 0, Recipe(1, 0.01)), torch.Generator().manual_seed(0))
+    assert len(p.indices) == 0 and torch.equal(p.applied_to(data).images, data.images)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(a.apply(x), x) and not type(a).plants_backdoor

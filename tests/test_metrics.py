@@ -115,3 +115,9 @@ def test_model_detection_rows_pool_attacks_against_controls():
     # pairs: (3,1) win, (3,2.5) win, (2.5,1) win, (2.5,2.5) tie, failed x 2 controls = 2 ties
     assert r["auroc"] == pytest.approx((3 + 0.5 + 0.5 * 2) / 6) and r["missing"] == 1
     assert r["n_backdoored"] == 3 and r["n_clean"] == 2
+    # a null-attack cell (same injection, no poison) is a negative too, reported on its own as well
+    null = cell("nc", 2.8)
+    null["attack"] = {"id": "null", "null": True}
+    r2 = model_detection_rows(cells + [null])[0]
+    assert r2["n_clean"] == 3 and r2["by_negative"]["null-injection"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert r2["by_negative"]["clean-upstream"] == pytest.approx(r["auroc"])
