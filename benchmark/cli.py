@@ -178,6 +178,17 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_headline(args) -> int:
+    import fnmatch
+
+    from . import results
+    from .report import print_headline
+    cells = [c for c in results.load(Path(args.results))
+             if not args.scenario or any(fnmatch.fnmatch(c["scenario"]["name"], g) for g in args.scenario)]
+    print_headline(cells)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare
     compare(Path(args.results), args.scenario, args.names, args.version)
@@ -231,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", parents=[common], help="run a scenario (default: the embedded 'digits')")
     r.add_argument("scenario", nargs="?", default="digits", help="shipped scenario name or path to a YAML file")
-    r.add_argument("--attack", action="append", metavar="NAME", help="run only these attacks (repeatable)")
+    r.add_argument("--attack", action="extend", nargs="+", metavar="NAME", help="run only these attacks")
     r.add_argument("--defense", nargs="*", metavar="NAME", help="run only these defenses (none: no defense)")
     r.add_argument("--seeds", nargs="+", type=int, help="override the scenario's seeds")
     r.add_argument("--device", default="auto", help="auto (CUDA with AMP if present, else CPU), cpu, cuda, cuda:1")
@@ -248,8 +259,8 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grid", parents=[common], help="run a grid of scenarios x attacks x defenses x seeds, resumably")
     g.add_argument("grid", help="grid YAML (or a single scenario)")
-    g.add_argument("--scenario", action="append", metavar="GLOB", help="only scenarios matching (repeatable)")
-    g.add_argument("--attack", action="append", metavar="ID", help="only these attacks (repeatable)")
+    g.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching these globs")
+    g.add_argument("--attack", action="extend", nargs="+", metavar="ID", help="only these attacks")
     g.add_argument("--defense", nargs="*", metavar="ID", help="only these defenses (none given: no defense)")
     g.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     g.add_argument("--clean-seeds", nargs="*", type=int, help="seeds of the clean-upstream controls")
@@ -298,6 +309,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("out", help="output folder (emptied first)")
     b.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     b.set_defaults(fn=cmd_leaderboard)
+    hl = lbs.add_parser("headline", parents=[common], help="print the cross-scenario transfer table in the terminal")
+    hl.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
+    hl.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching")
+    hl.set_defaults(fn=cmd_headline)
 
     cp = sub.add_parser("compare", help="compare defenses (or attacks) of one scenario in the terminal")
     cp.add_argument("scenario")

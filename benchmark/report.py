@@ -87,3 +87,24 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
                   "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "
                   "validation images. Defense rows: the delivered (backdoored) downstream model after the defense, "
                   "t* kept. ± is the 95% interval half-width over seeds.", style="dim")
+
+
+def print_headline(cells: list[dict], console: Console | None = None) -> None:
+    """results.headline in long form: one row per scenario and attack, mean ± 95% interval over seeds."""
+    from .results import headline
+
+    h = headline(cells)
+    console = console or Console(width=max(Console().width, 150))
+    t = Table(title="does the backdoor survive transfer? (lift = ASR after transfer minus the clean-upstream "
+                    "baseline, paired by seed)", title_justify="left")
+    for col in ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",
+                "baseline", "lift", "seeds"):
+        t.add_column(col, justify="left" if col in ("scenario", "attack") else "right", no_wrap=True)
+    for r in h["rows"]:
+        for i, (a, e) in enumerate(sorted(r["entries"].items())):
+            first = i == 0
+            t.add_row(r["key"] if first else "", fmt(r["ca_upstream"].values) if first else "",
+                      fmt(r["ca_transfer"].values) if first else "", a,
+                      *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline", "lift")],
+                      str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
+    console.print(t)

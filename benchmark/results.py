@@ -142,6 +142,32 @@ def attack_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def headline(cells: list[dict]) -> dict:
+    """Does the backdoor survive transfer, scenario by scenario? One row per scenario (name, version), one column
+    per attack; each entry holds, over the seeds of its no-defense cells: the ASR before transfer (same label
+    space), the ASR after transfer, the clean-upstream baseline and the lift = ASR after transfer minus the
+    baseline, paired by seed (so the interval is that of the difference). Rows also carry the clean upstream's
+    CA and the CA of the models transferred from it, one value per seed (the settings without any attack)."""
+    table: dict = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        if c["defense"] is None and c["status"] == "ok" and not is_control(c) and not c["attack"].get("null"):
+            table[scenario_key(c)][c["attack"]["id"]].append(c)
+    attacks = sorted({a for row in table.values() for a in row})
+    rows = []
+    for (name, version), by_attack in sorted(table.items()):
+        per_seed = {c["seed"]: c["metrics"] for cs in by_attack.values() for c in cs}
+        entries = {a: {"asr_upstream": _stats(cs, lambda c: c["metrics"]["upstream"]["backdoored"]["asr"]),
+                       "asr_transfer": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]),
+                       "asr_baseline": _stats(cs, lambda c: c["metrics"]["transfer"]["clean"]["asr"]),
+                       "lift": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]
+                                      - c["metrics"]["transfer"]["clean"]["asr"]),
+                       "seeds": len(cs)} for a, cs in by_attack.items()}
+        rows.append({"scenario": name, "version": version, "key": f"{name}-v{version}", "entries": entries,
+                     "ca_upstream": _stats(list(per_seed.values())[:1], lambda m: m["upstream"]["clean"]["ca"]),
+                     "ca_transfer": _stats(list(per_seed.values()), lambda m: m["transfer"]["clean"]["ca"])})
+    return {"attacks": attacks, "rows": rows}
+
+
 def defense_rows(cells: list[dict]) -> list[dict]:
     """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
     by = defaultdict(list)

@@ -70,6 +70,8 @@ def test_site_escapes_names_and_keeps_versions_apart(results_dir, tmp_path):
     index = (tmp_path / "site/index.html").read_text()
     assert EVIL not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
     assert "Scenario digits v1" in index and "Scenario digits v2" in index
+    headline = index.split('id="headline-table"')[1].split("</table>")[0]
+    assert 'href="#digits-v1"' in headline and ">badnets</th>" in headline  # the cross-scenario transfer table
     v1 = index.split("Scenario digits v2")[0]
     assert "0.123" not in v1.split("Scenario digits v1")[1]  # the v2 number stays in v2's section
     assert counts["scenarios"] == 2
@@ -160,3 +162,35 @@ def test_cli_builds_the_site(results_dir, tmp_path):
                         "--results", str(results_dir)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "built" in r.stdout and (tmp_path / "s/index.html").is_file()
+    r = subprocess.run([sys.executable, "-m", "benchmark", "leaderboard", "headline", "--results", str(results_dir),
+                        "--scenario", "digits*"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert "does the backdoor survive transfer?" in r.stdout and "digits-v1" in r.stdout and "badnets" in r.stdout
+
+
+def _cell(scenario, attack, seed, asr_tr, asr_base, asr_up=0.9, defense=None, status="ok"):
+    m = {"upstream": {"clean": {"ca": 0.7, "asr": 0.0, "ra": 0.7}, "backdoored": {"ca": 0.7, "asr": asr_up, "ra": 0.1}},
+         "transfer": {"clean": {"ca": 0.9 + seed / 100, "asr": asr_base, "ra": 0.9, "target": 0},
+                      "backdoored": {"ca": 0.9, "asr": asr_tr, "ra": 0.1, "target": 0}}}
+    return {"scenario": {"name": scenario, "version": 1, "sha256": "x"}, "attack": {"id": attack, "name": attack},
+            "defense": defense, "seed": seed, "status": status, "metrics": m}
+
+
+def test_headline_lift_is_paired_by_seed_and_skips_defenses_and_controls():
+    from benchmark.metrics import mean_ci
+    cells = [_cell("s-big", "badnets", s, tr, b) for s, tr, b in ((0, 0.9, 0.1), (1, 0.5, 0.4), (2, 0.7, 0.0))]
+    cells += [_cell("s-big", "badnets", 0, 0.0, 0.0, defense={"id": "finetune", "name": "finetune"}),
+              {**_cell("s-big", "clean-upstream", 0, 0.0, 0.0), "control": True},
+              _cell("s-big", "badnets", 3, 0.0, 0.0, status="failed"),
+              _cell("s-small", "blended", 0, 0.2, 0.25)]
+    h = results.headline(cells)
+    assert h["attacks"] == ["badnets", "blended"] and [r["key"] for r in h["rows"]] == ["s-big-v1", "s-small-v1"]
+    e = h["rows"][0]["entries"]["badnets"]
+    lifts = [0.9 - 0.1, 0.5 - 0.4, 0.7 - 0.0]
+    assert e["seeds"] == 3 and e["lift"].values == pytest.approx(lifts)
+    assert (e["lift"].mean, e["lift"].half) == pytest.approx(mean_ci(lifts))
+    assert e["asr_baseline"].values == pytest.approx([0.1, 0.4, 0.0])
+    assert h["rows"][0]["ca_transfer"].values == pytest.approx([0.90, 0.91, 0.92])  # one value per seed
+    assert "badnets" not in h["rows"][1]["entries"]
+    assert h["rows"][1]["entries"]["blended"]["lift"].values == pytest.approx([-0.05])
