@@ -56,6 +56,7 @@ def _compare(benchmark, harness, bare, what):
     """Benchmark the harness, time the bare loop the same way; record and return harness speed / bare speed."""
     t_bare = _best(bare)
     benchmark.pedantic(harness, rounds=3, iterations=1)
+    t_bare = min(t_bare, _best(bare))  # the bare loop timed before and after: no side gains from going first
     t_harness = benchmark.stats.stats.min
     ratio = t_bare / t_harness
     benchmark.extra_info.update(harness_img_s=N / t_harness, bare_img_s=N / t_bare, ratio=ratio)
@@ -100,12 +101,14 @@ def test_evaluation_throughput_vs_bare_loop(benchmark, data, arch):
 
 
 ATTACKS = [("badnets", {}), ("blended", {}), ("blended", {"key": "image"}), ("sig", {}), ("wanet", {}),
-           ("random-backdoor", {}), ("invisible", {})]
+           ("random-backdoor", {}), ("invisible", {}), ("input-aware", {})]
 
 
 @pytest.mark.parametrize("name,params", ATTACKS, ids=[f"{n}{'-' + '-'.join(p.values()) if p else ''}" for n, p in ATTACKS])
 def test_trigger_throughput(benchmark, registry, name, params):
     attack = registry.create("attack", name, params)
+    if name == "input-aware":  # its generators at their shipped width with untrained weights: same cost as trained
+        attack._build(3)
     x = to_float(random_images(n=512, c=3, size=32, seed=1).images, DEVICE)
     attack.apply(x)  # warm-up (and any lazily built key)
 
