@@ -435,11 +435,30 @@ class Runner:
             self.log(f"[failed] {base['attack']['id']} / {defense.id if defense else 'none'} / seed {seed}: "
                      f"{type(error).__name__}: {error}")
         path = cell_path(self.results, sc, base["attack"]["id"], defense.id if defense else None, seed)
+        text = json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False)
+        kept = _unchanged(path, json.loads(text))
+        if kept is not None:  # the same finished cell from the same stages: keep its file and its provenance
+            return kept
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False))
+        tmp.write_text(text)
         tmp.replace(path)
         return res
+
+
+def _unchanged(path: Path, res: dict) -> Optional[dict]:
+    """The result already at `path` when it is the same finished cell: status ok, same scenario hash, same
+    artifacts (so the same stages computed its numbers) and the same metrics and info. Rewriting it would only
+    replace the provenance of the code that computed those stages with that of the code that re-read them."""
+    if res["status"] != "ok" or not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = all(old.get(k) == res.get(k) for k in ("status", "scenario", "attack", "defense", "seed", "artifacts",
+                                                  "metrics", "info", "control"))
+    return old if same else None
 
 
 def _score(v) -> Optional[float]:

@@ -98,3 +98,21 @@ def test_control_cells_run_each_scoring_defense_on_the_clean_upstream_transfer(d
     assert c["artifacts"]["downstream_clean"] == second.cell(None)["artifacts"]["downstream_clean"]
     assert not any(c.get("control") and c["defense"]["id"] in ("crash", "finetune") for c in second.cells)
     assert cell_path(home / "results", sc, "clean-upstream", "linf-pruning", 0).is_file()
+
+
+def test_adding_a_defense_leaves_finished_result_files_untouched(digits_env, tmp_path):
+    """A finished cell recomputed from the same stages keeps its file (and so the provenance of the code that
+    computed it); a cell whose numbers change is rewritten."""
+    home, registry, sc, *_ = digits_env
+    (tmp_path / "store").symlink_to(home / "store")  # the session's cached stages, results in a fresh folder
+    Run(tmp_path, registry, sc, ["finetune"])
+    files = {d: cell_path(tmp_path / "results", sc, "badnets", d, 0) for d in (None, "finetune")}
+    stamp = {d: (p.stat().st_mtime_ns, p.read_bytes()) for d, p in files.items()}
+    r = json.loads(files[None].read_text())
+    r["metrics"]["transfer"]["backdoored"]["asr"] = 0.5  # a stale number from older code: must be replaced
+    files[None].write_text(json.dumps(r))
+    again = Run(tmp_path, registry, sc, ["finetune", "linf-pruning"])
+    assert (files["finetune"].stat().st_mtime_ns, files["finetune"].read_bytes()) == stamp["finetune"]
+    assert json.loads(files[None].read_text())["metrics"] == json.loads(stamp[None][1])["metrics"]  # rewritten
+    assert again.cell("finetune")["finished"] == json.loads(stamp["finetune"][1])["finished"]
+    assert cell_path(tmp_path / "results", sc, "badnets", "linf-pruning", 0).is_file()
