@@ -1,5 +1,7 @@
 """Neural Cleanse, ANP, Spectral Signatures, Activation Clustering: against their definitions, on data
 built so the right answer is known; and the training-sample level in the pipeline."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -102,8 +104,18 @@ def test_neural_cleanse_anomaly_index_by_hand(registry):
     assert nc.model_score(norms) == pytest.approx(8.5 / mad)  # class 3, on the low side
     # a large norm is not suspicious: median 11.5, deviations [1.5, .5, .5, 18.5] -> MAD 1.4826; low side: 10 and 11
     assert nc.model_score([10.0, 12.0, 11.0, 30.0]) == pytest.approx(1.5 / 1.4826)
-    # two classes: both indices are 1/1.4826 whatever the norms
-    assert np.allclose(nc.anomaly_index([1.0, 100.0]), 1 / 1.4826)
+    # two classes: both indices are 1/1.4826 whatever the norms, and bit for bit the same float for every model
+    # (float arithmetic gave values one ulp apart, which a model-level AUROC then ranked)
+    want = float(Fraction(10000, 14826))
+    rng = np.random.default_rng(0)
+    for pair in [[1.0, 100.0], [5.569, 3.6147], *rng.uniform(0.1, 20, size=(200, 2)).tolist()]:
+        assert nc.anomaly_index(pair).tolist() == [want, want], pair
+        assert nc.model_score(pair) == want
+    # equal by the definition -> equal floats, in any order and with any offset
+    for _ in range(50):
+        norms = rng.uniform(0.5, 20, size=6)
+        perm = rng.permutation(6)
+        assert nc.anomaly_index(norms)[perm].tolist() == nc.anomaly_index(norms[perm]).tolist()
 
 
 class CornerBackdoor(nn.Module):

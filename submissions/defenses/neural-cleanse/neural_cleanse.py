@@ -1,4 +1,6 @@
 """Neural Cleanse (Wang et al. 2019): reverse-engineer the smallest trigger per class; an outlier is a backdoor."""
+from fractions import Fraction
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -8,16 +10,26 @@ from benchmark.data import ImageSet, to_float, to_uint8
 from benchmark.scenario import Recipe
 
 
+def _median(values: list) -> Fraction:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
 def anomaly_index(norms) -> np.ndarray:
     """A_t = |l_t - median(l)| / (1.4826 * median|l - median(l)|), numpy's median (mean of the two middle
-    values for an even count). A MAD of 0 gives 0 for l_t at the median and inf elsewhere."""
-    l = np.asarray(norms, dtype=np.float64)
-    med = np.median(l)
-    mad = 1.4826 * np.median(np.abs(l - med))
-    dev = np.abs(l - med)
+    values for an even count). A MAD of 0 gives 0 for l_t at the median and inf elsewhere.
+    Computed in exact rational arithmetic on the norms' float values and rounded once at the end, so indices
+    that are equal by the definition are equal bit for bit: with float arithmetic the two indices of a 2-class
+    model (both 1/1.4826) differed in the last bit from model to model, and a model-level AUROC ranked that
+    noise (0.556 instead of 0.5 over 17 models)."""
+    l = [Fraction(float(v)) for v in np.asarray(norms, dtype=np.float64).ravel()]
+    med = _median(l)
+    dev = [abs(v - med) for v in l]
+    mad = Fraction(14826, 10000) * _median(dev)
     if mad == 0:
-        return np.where(dev == 0, 0.0, np.inf)
-    return dev / mad
+        return np.array([0.0 if d == 0 else np.inf for d in dev])
+    return np.array([float(d / mad) for d in dev])
 
 
 def model_score(norms) -> float:
