@@ -161,12 +161,22 @@ def plan_tasks(scenarios: list[Scenario]) -> list[list[Task]]:
     return [ups, cells, controls]
 
 
-def _ok(path: Path, sc: Scenario) -> bool:
+def _ok(path: Path, sc: Scenario, registry=None) -> bool:
+    """Finished: status ok, for this exact scenario, and (where the file records it) computed by the plugins'
+    current code: a submission whose source changed since has its cells redone (its stages are keyed by its
+    code, so only they recompute)."""
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return r.get("status") == "ok" and r.get("scenario", {}).get("sha256") == sc.sha256
+    if r.get("status") != "ok" or r.get("scenario", {}).get("sha256") != sc.sha256:
+        return False
+    for kind in ("attack", "defense"):
+        p = r.get(kind) or {}
+        if registry is not None and p.get("code") is not None and p.get("name") in registry.names(kind) \
+                and p["code"] != registry.code_hash(kind, p["name"]):
+            return False
+    return True
 
 
 def upstream_ready(sc: Scenario, registry, home: Path) -> bool:
@@ -192,11 +202,11 @@ def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bo
         poisons = registry.plugin_class("attack", spec.name).poisons_data
         wanted = [None] + [d.id for d in sc.defenses
                            if poisons or registry.plugin_class("defense", d.name).position != "data"]
-        return all(_ok(cell_path(results, sc, task.attack, d, task.seed), sc) for d in wanted)
+        return all(_ok(cell_path(results, sc, task.attack, d, task.seed), sc, registry) for d in wanted)
     folder = Path(results) / f"{sc.name}-v{sc.version}"
     for d in sc.defenses:
         scored = any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))
-        if scored and not _ok(cell_path(results, sc, "clean-upstream", d.id, task.seed), sc):
+        if scored and not _ok(cell_path(results, sc, "clean-upstream", d.id, task.seed), sc, registry):
             return False
     return True
 

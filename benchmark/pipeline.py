@@ -360,7 +360,8 @@ class Runner:
 
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
         base = {"attack": {"id": attack.id, "name": attack.name, "info": None,
-                           "params": self.registry.resolve_params("attack", attack.name, attack.params)}, "seed": seed}
+                           "params": self.registry.resolve_params("attack", attack.name, attack.params),
+                           "code": self.registry.code_hash("attack", attack.name)}, "seed": seed}
         if not self.registry.plugin_class("attack", attack.name).plants_backdoor:
             base["attack"]["null"] = True  # a control: negatives of model-level detection
         stages: dict[str, Artifact] = {}
@@ -420,7 +421,8 @@ class Runner:
             **base,
             "defense": None if defense is None else {
                 "id": defense.id, "name": defense.name,
-                "params": self.registry.resolve_params("defense", defense.name, defense.params)},
+                "params": self.registry.resolve_params("defense", defense.name, defense.params),
+                "code": self.registry.code_hash("defense", defense.name)},
             "status": "ok" if error is None else "failed",
             "metrics": scores,
             "info": info,

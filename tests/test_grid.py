@@ -113,3 +113,33 @@ def test_ray_executor_runs_the_same_tasks(registry, tmp_path):
         a = json.loads(p.read_text())
         b = json.loads((results / "ray" / p.relative_to(results / "local")).read_text())
         assert a["metrics"] == b["metrics"] and a["artifacts"] == b["artifacts"]
+
+
+def test_a_changed_submission_has_its_cells_redone_and_nothing_else(tmp_path):
+    """Result files record each plugin's code hash: after a submission's source changes, the grid redoes the
+    cells it is in (recomputing only its own stages) and skips the rest."""
+    import shutil
+
+    from benchmark.registry import Registry
+    subs = tmp_path / "subs"
+    shutil.copytree(REPO / "submissions", subs)
+    registry = Registry([subs], entry_points=False)
+    kw = dict(home=tmp_path / "home", results=tmp_path / "results", progress=False, log=lambda m: None,
+              isolate=False, only={"scenarios": ["tiny-full"], "seeds": [0]})
+    first = grid.run(DATA / "tiny-grid.yaml", registry=registry, **kw)
+    assert first["failed_tasks"] == 0 and first["ran"] == 4  # upstream, two attacks, the control
+    cells = {p: p.read_bytes() for p in (tmp_path / "results").rglob("seed-*.json")}
+    r = json.loads(next(p for p in cells if "blended/none" in str(p)).read_text())
+    assert r["attack"]["code"] == registry.code_hash("attack", "blended")
+    assert grid.run(DATA / "tiny-grid.yaml", registry=registry, **kw)["ran"] == 0
+    with open(subs / "attacks" / "blended" / "blended.py", "a") as f:
+        f.write("\n# a changed submission\n")
+    registry = Registry([subs], entry_points=False)
+    again = grid.run(DATA / "tiny-grid.yaml", registry=registry, **kw)
+    assert again["ran"] == 1 and again["failed_tasks"] == 0  # the blended cell; badnets and the control skipped
+    assert again["computed"] >= 1  # blended's backdoor stage (and what follows it) for the new code
+    for p, before in cells.items():
+        if "/blended/" not in str(p):
+            assert p.read_bytes() == before, p
+    r = json.loads(next(p for p in cells if "blended/none" in str(p)).read_text())
+    assert r["attack"]["code"] == registry.code_hash("attack", "blended")
