@@ -146,13 +146,14 @@ run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Pa
 """
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
 
-    def children():
+    def children():  # this run's defense process: a child of `parent` (other runs on the machine are not ours)
         out = []
         for pid in os.listdir("/proc"):
             try:
-                if pid.isdigit() and "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd"):
+                if pid.isdigit() and "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd") and \
+                        int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == parent.pid:
                     out.append(int(pid))
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 pass
         return out
     deadline = time.time() + 120
