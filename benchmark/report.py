@@ -91,7 +91,7 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
 
 def print_headline(cells: list[dict], console: Console | None = None) -> None:
     """results.headline in long form: one row per scenario and attack, mean ± 95% interval over seeds."""
-    from .results import headline
+    from .results import IMPLANTED_ASR, headline
 
     h = headline(cells)
     console = console or Console(width=max(Console().width, 150))
@@ -105,6 +105,9 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
             first = i == 0
             t.add_row(r["key"] if first else "", fmt(r["ca_upstream"].values) if first else "",
                       fmt(r["ca_transfer"].values) if first else "", a,
-                      *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline", "lift")],
+                      *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline")],
+                      fmt(e["lift"].values) if e["implanted"] else f"({fmt(e['lift'].values)}) not implanted",
                       str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
     console.print(t)
+    console.print(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
+                  "planted its backdoor upstream and the lift says nothing about surviving transfer.", style="dim")

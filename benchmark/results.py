@@ -142,11 +142,18 @@ def attack_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
+IMPLANTED_ASR = 0.5
+"""A backdoor counts as implanted when its mean ASR before transfer (the backdoored upstream on its own triggered
+test set, same label space) reaches this; below it the lift cannot say whether a backdoor survives transfer,
+because there was none to survive, and the headline marks the entry instead of reading it as removal."""
+
+
 def headline(cells: list[dict]) -> dict:
     """Does the backdoor survive transfer, scenario by scenario? One row per scenario (name, version), one column
     per attack; each entry holds, over the seeds of its no-defense cells: the ASR before transfer (same label
     space), the ASR after transfer, the clean-upstream baseline and the lift = ASR after transfer minus the
-    baseline, paired by seed (so the interval is that of the difference). Rows also carry the clean upstream's
+    baseline, paired by seed (so the interval is that of the difference), and whether the backdoor was implanted
+    upstream at all (IMPLANTED_ASR). Rows also carry the clean upstream's
     CA and the CA of the models transferred from it, one value per seed (the settings without any attack)."""
     table: dict = defaultdict(lambda: defaultdict(list))
     for c in cells:
@@ -162,6 +169,8 @@ def headline(cells: list[dict]) -> dict:
                        "lift": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]
                                       - c["metrics"]["transfer"]["clean"]["asr"]),
                        "seeds": len(cs)} for a, cs in by_attack.items()}
+        for e in entries.values():
+            e["implanted"] = e["asr_upstream"].mean is not None and e["asr_upstream"].mean >= IMPLANTED_ASR
         rows.append({"scenario": name, "version": version, "key": f"{name}-v{version}", "entries": entries,
                      "ca_upstream": _stats(list(per_seed.values())[:1], lambda m: m["upstream"]["clean"]["ca"]),
                      "ca_transfer": _stats(list(per_seed.values()), lambda m: m["transfer"]["clean"]["ca"])})

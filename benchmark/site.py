@@ -163,6 +163,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         (out / page).write_text(env.get_template("submission.html.j2").render(
             root="../", sub=subs[-1], scenarios=per_scenario, params=sorted((m.parameters if m else {}).items())))
     (out / "index.html").write_text(env.get_template("index.html.j2").render(
-        root="", scenarios=scenarios, subs=subs, n_cells=len(cells), headline=results.headline(cells)))
+        root="", scenarios=scenarios, subs=subs, n_cells=len(cells), headline=results.headline(cells),
+        implanted_asr=results.IMPLANTED_ASR))
     (out / ".nojekyll").write_text("")
     return {"cells": len(cells), "scenarios": len(scenarios), "submissions": len(subs)}

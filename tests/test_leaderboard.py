@@ -194,3 +194,23 @@ def test_headline_lift_is_paired_by_seed_and_skips_defenses_and_controls():
     assert h["rows"][0]["ca_transfer"].values == pytest.approx([0.90, 0.91, 0.92])  # one value per seed
     assert "badnets" not in h["rows"][1]["entries"]
     assert h["rows"][1]["entries"]["blended"]["lift"].values == pytest.approx([-0.05])
+    assert e["implanted"]
+
+
+def test_headline_marks_backdoors_never_implanted_upstream():
+    """A lift near 0 reads as 'the victim's fine-tuning removed the backdoor'; when the ASR before transfer is
+    under IMPLANTED_ASR there was no backdoor to remove, and the table must say so rather than show a bare lift."""
+    lo, hi = results.IMPLANTED_ASR - 0.01, results.IMPLANTED_ASR
+    cells = [_cell("s", "weak", s, 0.1, 0.1, asr_up=up) for s, up in ((0, lo - 0.2), (1, lo + 0.2), (2, lo))]
+    cells += [_cell("s", "strong", s, 0.9, 0.1, asr_up=hi) for s in (0, 1)]
+    h = results.headline(cells)
+    entries = h["rows"][0]["entries"]
+    assert entries["weak"]["asr_upstream"].mean == pytest.approx(lo) and not entries["weak"]["implanted"]
+    assert entries["strong"]["implanted"]  # the threshold itself counts as implanted
+    from rich.console import Console
+    from benchmark.report import print_headline
+    console = Console(width=250, record=True)
+    print_headline(cells, console)
+    lines = console.export_text().splitlines()
+    assert "not implanted" in next(l for l in lines if " weak " in l)
+    assert "not implanted" not in next(l for l in lines if " strong " in l)
