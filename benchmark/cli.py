@@ -24,12 +24,14 @@ def cmd_run(args) -> int:
 
     from .device import describe, pick
     from .pipeline import Runner
+    from .plan import preflight
     from .report import print_table
     from .scenario import PluginSpec, load_scenario
     from .store import Store
 
     registry = _registry(args)
     sc = load_scenario(args.scenario, registry)
+    preflight(sc, registry)
     pick_ = lambda n, specs: next((s for s in specs if s.id == n), None) or PluginSpec(n)  # noqa: E731
     attacks = [pick_(n, sc.attacks) for n in args.attack] if args.attack else None
     defenses = [pick_(n, sc.defenses) for n in args.defense] if args.defense is not None else None
@@ -86,10 +88,14 @@ def _default_workers(device: str) -> int:
 
 def cmd_plan(args) -> int:
     from .grid import load_grid
-    from .plan import print_plan
-    _, scenarios = load_grid(Path(args.grid), _registry(args))
+    from .plan import preflight, print_plan
+    registry = _registry(args)
+    _, scenarios = load_grid(Path(args.grid), registry)
+    for sc in scenarios:
+        preflight(sc, registry)
     print_plan(scenarios, args.tflops)
-    print(f"valid: {len(scenarios)} scenario(s), every plugin, parameter and timm architecture checked")
+    print(f"valid: {len(scenarios)} scenario(s); every plugin built with its parameters, every timm architecture, "
+          "and the data folders, classes and target that are at hand checked")
     return 0
 
 
@@ -305,11 +311,15 @@ def parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", parents=[common], help="the static leaderboard site")
     lbs = lb.add_subparsers(dest="action", required=True)
-    b = lbs.add_parser("build", parents=[common], help="build the site from result files")
-    b.add_argument("out", help="output folder (emptied first)")
+    # --submissions before or after the action; SUPPRESS so the action's absent flag keeps the one given before it
+    common_sub = argparse.ArgumentParser(add_help=False)
+    common_sub.add_argument("--submissions", action="append", metavar="DIR", default=argparse.SUPPRESS,
+                            help="another folder holding attacks/ and defenses/ submissions (repeatable)")
+    b = lbs.add_parser("build", parents=[common_sub], help="build the site from result files")
+    b.add_argument("out", help="output folder: new, empty, or an earlier site (emptied first)")
     b.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     b.set_defaults(fn=cmd_leaderboard)
-    hl = lbs.add_parser("headline", parents=[common], help="print the cross-scenario transfer table in the terminal")
+    hl = lbs.add_parser("headline", parents=[common_sub], help="print the cross-scenario transfer table in the terminal")
     hl.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     hl.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching")
     hl.set_defaults(fn=cmd_headline)

@@ -8,11 +8,23 @@ across fields, and a classmethod `from_short(value)` to accept a non-mapping sho
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
 
 from .errors import ConfigError
+
+
+def read_yaml(raw: bytes, file) -> Any:
+    """YAML from the bytes of `file`; a syntax error or non-UTF-8 text is a ConfigError naming the file."""
+    import yaml
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(file, "<root>", f"not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, "<root>", f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
 
 
 class Invalid(ValueError):
@@ -21,6 +33,16 @@ class Invalid(ValueError):
     def __init__(self, key: str, message: str):
         self.key, self.message = key, message
         super().__init__(f"{key}: {message}")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(key: str, value: str) -> None:
+    """Names become folder and file names (results/<scenario>/<attack>/<defense>): no '/', '..' or spaces."""
+    if not NAME.fullmatch(value) or ".." in value:
+        raise Invalid(key, f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-' (no '/' or '..'), "
+                           "starting with a letter or digit")
 
 
 def _join(path: str, key: str) -> str:

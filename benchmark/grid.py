@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from .config import Invalid, parse
+from .config import Invalid, parse, read_yaml
 from .errors import BenchError, ConfigError
 from .scenario import PluginSpec, Scenario, from_dict, resolve
 
@@ -94,7 +93,7 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
     if not path.exists() and (SHIPPED / f"{path}.yaml").is_file():
         path = SHIPPED / f"{path}.yaml"
     raw = path.read_bytes() if path.is_file() else None
-    data = yaml.safe_load(raw) if raw is not None else None
+    data = read_yaml(raw, path) if raw is not None else None
     if raw is None or not (isinstance(data, dict) and "scenarios" in data):
         from .scenario import load_scenario
         sc = load_scenario(str(path), registry)
@@ -105,7 +104,9 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
     for ref in grid.scenarios:
         base_path = resolve(ref if Path(ref).suffix not in (".yaml", ".yml") else str(path.parent / ref))
         base_raw = base_path.read_bytes()
-        base = yaml.safe_load(base_raw)
+        base = read_yaml(base_raw, base_path)
+        if not isinstance(base, dict) or not isinstance(base.get("name"), str):
+            raise ConfigError(base_path, "name", "a scenario file is a mapping with a 'name'; see benchmark/scenarios/")
         for combo in itertools.product(*axes) if axes else [()]:
             d = copy.deepcopy(base)
             for k, label, v in combo:
@@ -233,6 +234,9 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
                  for s in scenarios if "scenarios" not in only or any(fnmatch.fnmatch(s.name, p) for p in only["scenarios"])]
     if not scenarios:
         raise BenchError(f"{grid_path}: no scenario matches {only.get('scenarios')}")
+    from .plan import preflight
+    for s in scenarios:
+        preflight(s, registry)  # fail now, not after the first clean upstream has trained
     by_name = {s.name: s for s in scenarios}
     phases = plan_tasks(scenarios)
     total = sum(len(p) for p in phases)
@@ -279,3 +283,33 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
     counts["errors"] = errors
     counts["scenarios"] = [s.name for s in scenarios]
     return counts
+
+
+# ---------------------------------------------------------------- where a result's scenario comes from
+
+def reproducers(repo: Optional[Path] = None) -> dict:
+    """Every scenario this checkout can run, by sha256 and by (name, version), mapped to the command prefix that
+    runs it: `bdbench run NAME` (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion) or
+    `bdbench run ci/experiments/FILE.yaml` (an experiment file of the repository). The leaderboard prints these
+    beside each row; grid names and experiment files are what `bdbench run NAME` alone would not find."""
+    from .scenario import SHIPPED as SCENARIOS
+    repo = repo or Path(__file__).resolve().parent.parent
+    found: list[tuple[str, Scenario]] = []
+    for p in sorted(Path(str(SCENARIOS)).glob("*.yaml")):
+        found += [(f"bdbench run {p.stem}", s) for s in _quiet_load(p)]
+    for p in sorted(SHIPPED.glob("*.yaml")):
+        found += [(f"bdbench grid {p.stem} --scenario {s.name}", s) for s in _quiet_load(p)]
+    for p in sorted((repo / "ci" / "experiments").glob("*.yaml")):
+        found += [(f"bdbench run {p.relative_to(repo).as_posix()}", s) for s in _quiet_load(p)]
+    out: dict = {}
+    for cmd, s in found:
+        out.setdefault(s.sha256, cmd)
+        out.setdefault((s.name, s.version), cmd)
+    return out
+
+
+def _quiet_load(path: Path) -> list[Scenario]:
+    try:
+        return load_grid(path)[1]
+    except BenchError:  # a broken file names no reproducer; `bdbench plan FILE` reports why
+        return []

@@ -46,6 +46,49 @@ def sizes(spec: DataSpec, base: Path) -> tuple[Optional[int], Optional[int]]:
     return spec.n_train, spec.n_test
 
 
+def labels(spec: DataSpec, base: Path) -> Optional[set[int]]:
+    """The label values of a dataset's train split, where they can be read without downloading (a local parquet
+    dataset, the bundled digits); None when unknown (a Hub dataset not at hand)."""
+    if spec.source == "sklearn-digits":
+        return set(range(10))
+    if spec.source == "local":
+        files = sorted(((base / spec.path) / "data").glob(f"{spec.train_split}-*.parquet"))
+        try:
+            import pyarrow.parquet as pq
+            return {int(v) for f in files for v in pq.read_table(f, columns=[spec.label_column])
+                    .column(spec.label_column).to_pylist()} or None
+        except Exception:  # noqa: BLE001 - another layout: the run's own loader checks it
+            return None
+    return None
+
+
+def preflight(sc: Scenario, registry) -> None:
+    """What would otherwise fail only after the clean upstream has trained (hours on a GPU tier): local data
+    folders that do not exist, `classes` or an attack target the data does not have, and plugin parameters the
+    plugin's own constructor rejects. Raises ConfigError / BenchError naming the file and key."""
+    from .errors import ConfigError
+    base = sc.base_dir
+    n_classes = {}
+    for key, spec in (("upstream.data", sc.upstream.data), ("downstream.data", sc.downstream.data)):
+        if spec.source == "local" and not (base / spec.path).is_dir():
+            raise ConfigError(sc.file, f"{key}.path", f"folder {(base / spec.path).resolve()} does not exist (paths "
+                              "are relative to the scenario file; the shared datasets are described in DATA.md)")
+        have = labels(spec, base)
+        if have is not None and spec.classes is not None:
+            missing = sorted(set(spec.classes) - have)
+            if missing:
+                raise ConfigError(sc.file, f"{key}.classes", f"labels {missing} do not occur in the data "
+                                  f"(it has {sorted(have)})")
+        n_classes[key] = len(spec.classes) if spec.classes is not None else (len(have) if have else None)
+    n_up = n_classes["upstream.data"]
+    if n_up is not None and sc.attack.target >= n_up:
+        raise ConfigError(sc.file, "attack.target", f"class {sc.attack.target} does not exist upstream "
+                          f"({n_up} classes: 0..{n_up - 1})")
+    for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
+        for i, spec in enumerate(specs):
+            registry.create(kind, spec.name, spec.params, where=f"{sc.file}: key '{kind}s[{i}]'")
+
+
 @dataclass
 class Estimate:
     scenario: Scenario

@@ -17,9 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 
-from .config import Invalid, parse
+from .config import Invalid, check_name, parse, read_yaml
 from .errors import BenchError, ConfigError, UnknownPluginError
 from .plugins import Attack, Defense, Plugin
 
@@ -42,6 +41,7 @@ class Manifest:
     folder: Optional[str] = None  # set on load
 
     def check(self):
+        check_name("name", self.name)
         mod, _, cls = self.entry.partition(":")
         if not mod or not cls:
             raise Invalid("entry", f"must be 'module:Class', got {self.entry!r}")
@@ -52,10 +52,7 @@ class Manifest:
 
 def load_manifest(path: Path) -> Manifest:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(path, "<root>", f"not valid YAML: {e}") from None
+    data = read_yaml(path.read_bytes(), path)
     m = parse(Manifest, data, file=path)
     m.folder = str(path.parent)
     return m

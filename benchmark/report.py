@@ -94,7 +94,8 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
     from .results import IMPLANTED_ASR, headline
 
     h = headline(cells)
-    console = console or Console(width=max(Console().width, 150))
+    # piped output (no terminal) gets a width that fits every column rather than a truncated table
+    console = console or Console(width=max(Console().width, 150 if Console().is_terminal else 210))
     t = Table(title="does the backdoor survive transfer? (lift = ASR after transfer minus the clean-upstream "
                     "baseline, paired by seed)", title_justify="left")
     for col in ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",

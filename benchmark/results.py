@@ -33,6 +33,9 @@ def validate(result: dict, where: str = "result") -> None:
 def load(root: Path) -> list[dict]:
     """Every result file under root, validated; each gets a `_path` (relative to root)."""
     root = Path(root)
+    if not root.is_dir():
+        raise BenchError(f"{root}: no such results folder; pass --results with the folder your runs wrote "
+                         "(bdbench run/grid --results), e.g. leaderboard/results in a checkout")
     out = []
     for p in sorted(root.rglob("*.json")):
         try:

@@ -13,9 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 
-from .config import ADDED, Invalid, parse, to_dict
+from .config import ADDED, Invalid, check_name, parse, read_yaml, to_dict
 from .errors import BenchError, ConfigError
 
 SHIPPED = resources.files("benchmark") / "scenarios"
@@ -207,8 +206,15 @@ class Scenario:
     def check(self):
         if self.version < 1:
             raise Invalid("version", "must be an integer >= 1")
+        check_name("name", self.name)
         if not self.seeds:
             raise Invalid("seeds", "needs at least one seed")
+        for key, seeds in (("seeds", self.seeds), ("clean_seeds", self.clean_seeds or [])):
+            if len(set(seeds)) != len(seeds):
+                raise Invalid(key, f"repeats a seed ({seeds}); a repeated seed would be counted twice in every interval")
+        for key, specs in (("attacks", self.attacks), ("defenses", self.defenses)):
+            for i, spec in enumerate(specs):
+                check_name(f"{key}[{i}]", spec.id)
         for key, specs in (("attacks", self.attacks), ("defenses", self.defenses)):
             ids = [s.id for s in specs]
             dup = {i for i in ids if ids.count(i) > 1}
@@ -250,10 +256,7 @@ def load_scenario(name_or_path: str = "digits", registry=None) -> Scenario:
     that every parameter override names a declared parameter of the right type."""
     path = resolve(name_or_path)
     raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(path, "<root>", f"not valid YAML: {e}") from None
+    data = read_yaml(raw, path)
     return from_dict(data, path, hashlib.sha256(raw).hexdigest(), registry)
 
 

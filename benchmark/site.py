@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from . import plots, results
+from .errors import BenchError
 from .registry import Registry
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -81,19 +82,45 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dict:
-    """Write the site into `out` (emptied first). Returns counts for the caller to report."""
-    results_dir, out = Path(results_dir), Path(out)
-    cells = results.load(results_dir)
-    registry = registry or Registry()
+MARKER = ".bdbench-site"  # written into every built site: only such a folder is ever emptied by a rebuild
+
+
+def _clear(out: Path, results_dir: Path) -> None:
+    """Empty `out` for a rebuild, refusing anything that is not a folder we built: the results themselves, a
+    folder holding them, or a non-empty folder without the marker (`build .` must not wipe a checkout)."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"{out}: exists and is not a folder; give a new or empty folder for the site, e.g. _site")
+    o, r = out.resolve(), results_dir.resolve()
+    if o == r or o in r.parents:
+        raise BenchError(f"{out}: holds the result files ({results_dir}); building there would delete them. "
+                         "Give another output folder, e.g. _site")
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise BenchError(f"{out}: not empty and not a site bdbench built (no {MARKER}); refusing to empty it. "
+                         "Give a new or empty folder, e.g. _site")
     if out.exists():
         shutil.rmtree(out)
+
+
+def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dict:
+    """Write the site into `out` (a new or empty folder, or an earlier site, which is emptied first). Returns counts for the caller to report."""
+    results_dir, out = Path(results_dir), Path(out)
+    cells = results.load(results_dir)
+    if not cells:
+        raise BenchError(f"{results_dir}: holds no result files (*.json); run a scenario into it first")
+    registry = registry or Registry()
+    _clear(out, results_dir)
     (out / "plots").mkdir(parents=True)
     env = _env()
 
+    from .grid import reproducers
+    runs = reproducers()
     scenarios = []
     for (name, version), cs in results.by_scenario(cells).items():
         key = f"{name}-v{version}"
+        shas = {c["scenario"]["sha256"] for c in cs}
+        exact = [runs[h] for h in sorted(shas) if h in runs]
+        # the command that runs this scenario; 'changed' when only a file of the same name and version is here
+        runner = {"command": exact[0] if exact else runs.get((name, version)), "changed": not exact}
         arows, drows = results.attack_rows(cs), results.defense_rows(cs)
         files = {}
         for c in cs:
@@ -110,7 +137,8 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
             plots.scatter(tp, "ASR before transfer", "ASR after transfer", f"{key}: does the backdoor survive?",
                           diagonal=True))
         seeds = sorted({c["seed"] for c in cs})
-        scenarios.append({"key": key, "name": name, "version": version, "attacks": arows, "defenses": drows,
+        scenarios.append({"key": key, "name": name, "version": version, "runner": runner,
+                          "attacks": arows, "defenses": drows,
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
@@ -166,4 +194,5 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         root="", scenarios=scenarios, subs=subs, n_cells=len(cells), headline=results.headline(cells),
         implanted_asr=results.IMPLANTED_ASR))
     (out / ".nojekyll").write_text("")
+    (out / MARKER).write_text("built by `bdbench leaderboard build`; a rebuild empties this folder\n")
     return {"cells": len(cells), "scenarios": len(scenarios), "submissions": len(subs)}

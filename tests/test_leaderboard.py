@@ -214,3 +214,39 @@ def test_headline_marks_backdoors_never_implanted_upstream():
     lines = console.export_text().splitlines()
     assert "not implanted" in next(l for l in lines if " weak " in l)
     assert "not implanted" not in next(l for l in lines if " strong " in l)
+
+
+def test_build_never_deletes_what_it_did_not_build(results_dir, tmp_path):
+    """`build OUT` empties OUT first: only an earlier site may be emptied, never the results or a foreign folder."""
+    import shutil
+    res = tmp_path / "lb" / "results"
+    shutil.copytree(results_dir, res)
+    n = len(list(res.rglob("*.json")))
+    for out, msg in ((tmp_path / "lb", "holds the result files"), (res, "holds the result files")):
+        with pytest.raises(BenchError, match=msg):
+            site.build(res, out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(BenchError, match="not empty and not a site bdbench built"):
+        site.build(res, tmp_path / "mine")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BenchError, match="is not a folder"):
+        site.build(res, tmp_path / "afile")
+    assert len(list(res.rglob("*.json"))) == n and (tmp_path / "mine" / "thesis.tex").is_file()
+    site.build(res, tmp_path / "s")
+    (tmp_path / "s" / "stale.html").write_text("old")
+    site.build(res, tmp_path / "s")  # an earlier site is emptied and rebuilt
+    assert not (tmp_path / "s" / "stale.html").exists() and (tmp_path / "s" / "index.html").is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match="holds no result files"):
+        site.build(tmp_path / "empty", tmp_path / "s2")
+    with pytest.raises(BenchError, match="no such results folder"):
+        site.build(tmp_path / "nope", tmp_path / "s2")
+
+
+def test_leaderboard_submissions_flag_is_kept_before_or_after_the_action():
+    from benchmark.cli import parser
+    for argv in (["leaderboard", "--submissions", "X", "build", "o"], ["leaderboard", "build", "o", "--submissions", "X"],
+                 ["leaderboard", "--submissions", "X", "headline"]):
+        assert parser().parse_args(argv).submissions == ["X"], argv
+    assert parser().parse_args(["leaderboard", "build", "o"]).submissions is None
