@@ -20,11 +20,13 @@ def read_yaml(raw: bytes, file) -> Any:
     """YAML from the bytes of `file`; a syntax error or non-UTF-8 text is a ConfigError naming the file."""
     import yaml
     try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(file, "<root>", f"not valid YAML: {e}") from None
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(file, "<root>", f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(file, "<root>", f"not valid YAML: {e}") from None
 
 
 class Invalid(ValueError):

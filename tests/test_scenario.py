@@ -109,3 +109,50 @@ def test_stage_keys_of_the_default_scenario_are_stable():
     spec = {"image": to_dict(sc.image), "upstream": to_dict(sc.upstream)}
     assert "pretrained" not in spec["upstream"] and "n_train" not in spec["upstream"]["data"]
     assert key_of("upstream", spec) == "d1c742b002c4294456f1ac3b"
+
+
+@pytest.mark.parametrize("path,value,key", [
+    (("name",), "../../etc", "name"),
+    (("name",), "my scenario", "name"),
+    (("attacks",), [{"name": "badnets", "label": "a/b"}], "attacks[0]"),
+    (("seeds",), [0, 1, 0], "seeds"),
+])
+def test_names_become_paths_and_seeds_are_distinct(tmp_path, path, value, key):
+    """Scenario and plugin names are folder names of the results; a repeated seed would count twice."""
+    p = write(tmp_path, mutate(path, value))
+    with pytest.raises(ConfigError) as e:
+        load_scenario(str(p))
+    assert e.value.key == key and str(p) in str(e.value)
+
+
+def test_non_utf8_scenario_names_the_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: d\xe9j\xe0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as e:
+        load_scenario(str(p))
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("path,value,key,words", [
+    (("upstream", "data"), {"source": "local", "path": "no/such/folder"}, "upstream.data.path", "does not exist"),
+    (("upstream", "data"), {"source": "sklearn-digits", "classes": [0, 11]}, "upstream.data.classes",
+     "labels [11] do not occur"),
+    (("attack", "target"), 7, "attack.target", "does not exist upstream (5 classes"),
+])
+def test_preflight_catches_what_would_fail_after_training(tmp_path, registry, path, value, key, words):
+    from benchmark.plan import preflight
+    sc = load_scenario(str(write(tmp_path, mutate(path, value))), registry)
+    with pytest.raises(ConfigError) as e:
+        preflight(sc, registry)
+    assert e.value.key == key and words in str(e.value) and str(sc.file) in str(e.value)
+
+
+def test_preflight_builds_every_plugin_with_its_parameters(tmp_path, registry):
+    from benchmark.errors import BenchError
+    from benchmark.plan import preflight
+    preflight(load_scenario("digits", registry), registry)  # the shipped default passes
+    sc = load_scenario(str(write(tmp_path, mutate(("attacks",), [{"name": "blended", "params": {"alpha": 1.5}}]))),
+                       registry)
+    with pytest.raises(BenchError, match=r"attacks\[0\].*rejected its parameters") as e:
+        preflight(sc, registry)
+    assert str(sc.file) in str(e.value)
