@@ -5,12 +5,15 @@
     vary:                                   # optional: the cartesian product of overrides, by dotted key
       upstream.arch: {resnet18: resnet18, mobilenet: mobilenetv3_small_050}   # label: value (or a list)
       "upstream.arch,image.size": {incv3: [inception_v3, 299]}                 # several keys move together
+    adjust:                                 # optional: more settings for the scenarios of one vary label
+      mobilenet: {upstream.train.epochs: 20, version: 2}                        # e.g. a recipe per architecture
     attacks: [badnets, blended]             # optional: replace each scenario's lists
     defenses: [finetune]
     seeds: [0, 1, 2]
 
 Each combination is a scenario of its own, named `<scenario>-<label>...`, versioned with its base file
-and hashed over the base file and its overrides. A grid runs as tasks: the clean upstream of every
+(or its `adjust`) and hashed over the base file and its overrides; an `adjust` entry joins the hash of the
+scenarios with its label only, so adding one leaves every other scenario's hash, and so its results, as they were. A grid runs as tasks: the clean upstream of every
 scenario first (so parallel workers never train it twice), then one task per (scenario, attack, seed)
 with all its defenses, then the clean-upstream controls. Finished work is never redone: a task whose
 result files all exist (status ok, same scenario hash) is skipped without loading anything, and every
@@ -40,6 +43,7 @@ class GridFile:
     name: str
     scenarios: list[str]
     vary: dict[str, Any] = field(default_factory=dict)
+    adjust: dict[str, dict[str, Any]] = field(default_factory=dict)
     attacks: Optional[list[PluginSpec]] = None
     defenses: Optional[list[PluginSpec]] = None
     seeds: Optional[list[int]] = None
@@ -51,6 +55,12 @@ class GridFile:
         for k, v in self.vary.items():
             if not isinstance(v, (list, dict)) or not v:
                 raise Invalid(f"vary.{k}", "give a non-empty list of values or a mapping label -> value")
+        labels = {label for k, v in self.vary.items() for label, _ in _axis(k, v)}
+        for label, settings in self.adjust.items():
+            if label not in labels:
+                raise Invalid(f"adjust.{label}", f"no vary value has this label (labels: {sorted(labels)})")
+            if not isinstance(settings, dict) or not settings:
+                raise Invalid(f"adjust.{label}", "give a mapping dotted.key -> value, e.g. {upstream.train.epochs: 20}")
 
 
 def _axis(key: str, values) -> list[tuple[str, Any]]:
@@ -116,13 +126,18 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
                     raise ConfigError(path, f"vary.{k}.{label}", f"give {len(keys)} values, one per key in '{k}'")
                 for kk, vv in zip(keys, vals):
                     _set(d, kk, vv, path, f"vary.{k}")
+            adjusted = [[label, grid.adjust[label]] for _, label, _ in combo if label in grid.adjust]
+            for label, settings in adjusted:
+                for kk, vv in settings.items():
+                    _set(d, kk, vv, path, f"adjust.{label}.{kk}")
             for k in ("attacks", "defenses", "seeds"):
                 if data.get(k) is not None:
                     d[k] = copy.deepcopy(data[k])
             if combo:
                 d["name"] = "-".join([d["name"]] + [label for _, label, _ in combo])
             overrides = json.dumps([[k, label, v] for k, label, v in combo] + [data.get(k) for k in
-                                   ("attacks", "defenses", "seeds")], sort_keys=True, default=str)
+                                   ("attacks", "defenses", "seeds")] + ([["adjust", adjusted]] if adjusted else []),
+                                   sort_keys=True, default=str)
             sha = hashlib.sha256(base_raw + overrides.encode()).hexdigest()
             try:
                 out.append(from_dict(d, base_path, sha, registry))

@@ -33,6 +33,28 @@ def test_vary_expands_the_cartesian_product_with_labels(registry, tmp_path):
         ("tiny-a-d", "test_resnet", 16, [5, 6]), ("tiny-b-d", "test_vit", 32, [5, 6])]
 
 
+def test_adjust_sets_a_recipe_for_one_label_and_leaves_the_other_hashes(registry, tmp_path):
+    """`adjust` gives the scenarios of one vary label more settings (a recipe per architecture); the other
+    scenarios keep the hash they had without it, so their finished results stay finished."""
+    base = {"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {"downstream.protocol": ["full", "linear"]}}
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(base))
+    _, before = grid.load_grid(f, registry)
+    f.write_text(yaml.safe_dump({**base, "adjust": {"linear": {"upstream.train.epochs": 7, "version": 3}}}))
+    _, after = grid.load_grid(f, registry)
+    assert [s.name for s in after] == ["tiny-full", "tiny-linear"]
+    assert after[0].sha256 == before[0].sha256 and after[0].version == before[0].version
+    assert after[0].upstream.train.epochs == before[0].upstream.train.epochs != 7
+    assert after[1].sha256 != before[1].sha256 and after[1].upstream.train.epochs == 7 and after[1].version == 3
+    for adjust, match in (({"lineer": {"version": 2}}, "no vary value has this label"),
+                          ({"linear": {"upstream.nope.x": 1}}, "does not name a setting"),
+                          ({"linear": {}}, "give a mapping")):
+        f.write_text(yaml.safe_dump({**base, "adjust": adjust}))
+        with pytest.raises(BenchError, match=match) as e:
+            grid.load_grid(f, registry)
+        assert "g.yaml" in str(e.value)
+
+
 @pytest.mark.parametrize("vary,match", [
     ({"upstream.nope.arch": ["x"]}, "does not name a setting"),
     ({"upstream.arch": ["no_such_net"]}, "unknown timm model"),
