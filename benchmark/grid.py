@@ -6,7 +6,7 @@
       upstream.arch: {resnet18: resnet18, mobilenet: mobilenetv3_small_050}   # label: value (or a list)
       "upstream.arch,image.size": {incv3: [inception_v3, 299]}                 # several keys move together
     adjust:                                 # optional: more settings for the scenarios of one vary label
-      mobilenet: {upstream.train.epochs: 20, version: 2}                        # e.g. a recipe per architecture
+      mobilenet: {version: 2, upstream.train.epochs: 20}                        # e.g. a recipe per architecture
     attacks: [badnets, blended]             # optional: replace each scenario's lists
     defenses: [finetune]
     seeds: [0, 1, 2]
@@ -310,12 +310,12 @@ def reproducers(repo: Optional[Path] = None) -> dict:
     from .scenario import SHIPPED as SCENARIOS
     repo = repo or Path(__file__).resolve().parent.parent
     found: list[tuple[str, Scenario]] = []
-    for p in sorted(Path(str(SCENARIOS)).glob("*.yaml")):
-        found += [(f"bdbench run {p.stem}", s) for s in _quiet_load(p)]
-    for p in sorted(SHIPPED.glob("*.yaml")):
-        found += [(f"bdbench grid {p.stem} --scenario {s.name}", s) for s in _quiet_load(p)]
-    for p in sorted((repo / "ci" / "experiments").glob("*.yaml")):
-        found += [(f"bdbench run {p.relative_to(repo).as_posix()}", s) for s in _quiet_load(p)]
+    files = [(p, p.stem) for p in sorted(Path(str(SCENARIOS)).glob("*.yaml"))] + \
+            [(p, p.stem) for p in sorted(SHIPPED.glob("*.yaml"))] + \
+            [(p, p.relative_to(repo).as_posix()) for p in sorted((repo / "ci" / "experiments").glob("*.yaml"))]
+    for p, ref in files:
+        is_grid, scenarios = _quiet_load(p)
+        found += [(f"bdbench grid {ref} --scenario {s.name}" if is_grid else f"bdbench run {ref}", s) for s in scenarios]
     out: dict = {}
     for cmd, s in found:
         out.setdefault(s.sha256, cmd)
@@ -323,8 +323,10 @@ def reproducers(repo: Optional[Path] = None) -> dict:
     return out
 
 
-def _quiet_load(path: Path) -> list[Scenario]:
+def _quiet_load(path: Path) -> tuple[bool, list[Scenario]]:
+    """(whether the file is a grid, its scenarios); a broken file names no reproducer (`bdbench plan FILE` says why)."""
     try:
-        return load_grid(path)[1]
-    except BenchError:  # a broken file names no reproducer; `bdbench plan FILE` reports why
-        return []
+        g, scenarios = load_grid(path)
+    except BenchError:
+        return False, []
+    return g.scenarios != [str(path)], scenarios

@@ -250,3 +250,28 @@ def test_leaderboard_submissions_flag_is_kept_before_or_after_the_action():
                  ["leaderboard", "--submissions", "X", "headline"]):
         assert parser().parse_args(argv).submissions == ["X"], argv
     assert parser().parse_args(["leaderboard", "build", "o"]).submissions is None
+
+
+def test_each_scenario_names_the_command_that_reproduces_it(registry, tmp_path):
+    """Shipped scenarios run by name, a shipped grid's scenarios through the grid, and an experiment file by
+    path: `bdbench run` for a scenario file, `bdbench grid ... --scenario` for a grid file."""
+    import yaml
+
+    from benchmark import grid
+    from benchmark.scenario import load_scenario
+    from tests.conftest import REPO
+    exp = tmp_path / "ci" / "experiments"
+    exp.mkdir(parents=True)
+    data = Path(REPO) / "tests" / "data"
+    shutil.copy(data / "tiny.yaml", exp / "one.yaml")
+    (exp / "many.yaml").write_text(yaml.safe_dump({"name": "many", "scenarios": [str(data / "tiny.yaml")],
+                                                   "vary": {"downstream.protocol": ["full", "linear"]}}))
+    (exp / "broken.yaml").write_text("name: [")
+    runs = grid.reproducers(tmp_path)
+    assert runs[load_scenario("digits").sha256] == "bdbench run digits"
+    _, cpu = grid.load_grid("cpu", registry)
+    assert runs[cpu[0].sha256] == f"bdbench grid cpu --scenario {cpu[0].name}"
+    assert runs[load_scenario(str(exp / "one.yaml")).sha256] == "bdbench run ci/experiments/one.yaml"
+    _, many = grid.load_grid(exp / "many.yaml", registry)
+    assert [runs[s.sha256] for s in many] == [f"bdbench grid ci/experiments/many.yaml --scenario {s.name}" for s in many]
+    assert runs[(many[1].name, many[1].version)] == "bdbench grid ci/experiments/many.yaml --scenario tiny-linear"
