@@ -304,22 +304,22 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
 
 def reproducers(repo: Optional[Path] = None) -> dict:
     """Every scenario this checkout can run, by sha256 and by (name, version), mapped to the command prefix that
-    runs it: `bdbench run NAME` (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion) or
-    `bdbench run ci/experiments/FILE.yaml` (an experiment file of the repository). The leaderboard prints these
-    beside each row; grid names and experiment files are what `bdbench run NAME` alone would not find."""
+    runs it: `bdbench run NAME` (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion), or for
+    a file under ci/experiments/ `bdbench run FILE` (a scenario) or `bdbench grid FILE --scenario NAME` (a grid).
+    The leaderboard prints these beside each row; grid names and experiment files are what `bdbench run NAME`
+    alone would not find. The first file to name a scenario wins."""
     from .scenario import SHIPPED as SCENARIOS
     repo = repo or Path(__file__).resolve().parent.parent
-    found: list[tuple[str, Scenario]] = []
     files = [(p, p.stem) for p in sorted(Path(str(SCENARIOS)).glob("*.yaml"))] + \
             [(p, p.stem) for p in sorted(SHIPPED.glob("*.yaml"))] + \
             [(p, p.relative_to(repo).as_posix()) for p in sorted((repo / "ci" / "experiments").glob("*.yaml"))]
+    out: dict = {}
     for p, ref in files:
         is_grid, scenarios = _quiet_load(p)
-        found += [(f"bdbench grid {ref} --scenario {s.name}" if is_grid else f"bdbench run {ref}", s) for s in scenarios]
-    out: dict = {}
-    for cmd, s in found:
-        out.setdefault(s.sha256, cmd)
-        out.setdefault((s.name, s.version), cmd)
+        for s in scenarios:
+            cmd = f"bdbench grid {ref} --scenario {s.name}" if is_grid else f"bdbench run {ref}"
+            out.setdefault(s.sha256, cmd)
+            out.setdefault((s.name, s.version), cmd)
     return out
 
 

@@ -46,20 +46,26 @@ def sizes(spec: DataSpec, base: Path) -> tuple[Optional[int], Optional[int]]:
     return spec.n_train, spec.n_test
 
 
-def labels(spec: DataSpec, base: Path) -> Optional[set[int]]:
+def labels(spec: DataSpec, base: Path) -> Optional[frozenset[int]]:
     """The label values of a dataset's train split, where they can be read without downloading (a local parquet
     dataset, the bundled digits); None when unknown (a Hub dataset not at hand)."""
     if spec.source == "sklearn-digits":
-        return set(range(10))
+        return frozenset(range(10))
     if spec.source == "local":
-        files = sorted(((base / spec.path) / "data").glob(f"{spec.train_split}-*.parquet"))
-        try:
-            import pyarrow.parquet as pq
-            return {int(v) for f in files for v in pq.read_table(f, columns=[spec.label_column])
-                    .column(spec.label_column).to_pylist()} or None
-        except Exception:  # noqa: BLE001 - another layout: the run's own loader checks it
-            return None
+        return _parquet_labels((base / spec.path).resolve(), spec.train_split, spec.label_column)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _parquet_labels(folder: Path, split: str, column: str) -> Optional[frozenset[int]]:
+    """Read once per folder: a grid preflights every scenario, and most share their upstream data."""
+    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    try:
+        import pyarrow.parquet as pq
+        return frozenset(int(v) for f in files for v in pq.read_table(f, columns=[column]).column(column).to_pylist()) \
+            or None
+    except Exception:  # noqa: BLE001 - another layout: the run's own loader checks it
+        return None
 
 
 def preflight(sc: Scenario, registry) -> None:

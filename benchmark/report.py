@@ -95,7 +95,9 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
 
     h = headline(cells)
     # piped output (no terminal) gets a width that fits every column rather than a truncated table
-    console = console or Console(width=max(Console().width, 150 if Console().is_terminal else 210))
+    if console is None:
+        probe = Console()
+        console = Console(width=max(probe.width, 150 if probe.is_terminal else 210))
     t = Table(title="does the backdoor survive transfer? (lift = ASR after transfer minus the clean-upstream "
                     "baseline, paired by seed)", title_justify="left")
     for col in ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",
