@@ -94,6 +94,9 @@ def cmd_plan(args) -> int:
     for sc in scenarios:
         preflight(sc, registry)
     print_plan(scenarios, args.tflops)
+    if args.results:
+        from .plan import print_progress
+        print_progress(scenarios, Path(args.results), registry)
     print(f"valid: {len(scenarios)} scenario(s); every plugin built with its parameters, every timm architecture, "
           "and the data folders, classes and target that are at hand checked")
     return 0
@@ -288,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
     pl_.add_argument("grid", help="grid YAML or scenario (name or path)")
     pl_.add_argument("--tflops", type=float, default=50.0,
                      help="sustained TFLOP/s to convert FLOPs into hours [50: one recent GPU with AMP]")
+    pl_.add_argument("--results", metavar="DIR", help="also say what of the grid is finished in DIR and how long "
+                     "the rest takes at the stage times measured there (e.g. leaderboard/results)")
     pl_.set_defaults(fn=cmd_plan)
 
     pl = sub.add_parser("pull", help="download published checkpoints at their pinned revision and verify them")

@@ -208,23 +208,29 @@ def upstream_ready(sc: Scenario, registry, home: Path) -> bool:
         return False
 
 
-def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bool:
-    """Whether every result file the task would write exists, finished (status ok), for this exact scenario."""
+def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[Optional[str], Path]]:
+    """(defense id, or None for the no-defense cell; result file) for every file a cell or controls task writes.
+    Data-position defenses have no cell under an attack that does not poison data; controls are written for the
+    defenses that gave a model score in a finished cell of the scenario."""
     from .pipeline import cell_path
-    if task.kind == "upstream":
-        return upstream_ready(sc, registry, home)
     if task.kind == "cell":
         spec = next(a for a in sc.attacks if a.id == task.attack)
         poisons = registry.plugin_class("attack", spec.name).poisons_data
         wanted = [None] + [d.id for d in sc.defenses
                            if poisons or registry.plugin_class("defense", d.name).position != "data"]
-        return all(_ok(cell_path(results, sc, task.attack, d, task.seed), sc, registry) for d in wanted)
-    folder = Path(results) / f"{sc.name}-v{sc.version}"
-    for d in sc.defenses:
-        scored = any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))
-        if scored and not _ok(cell_path(results, sc, "clean-upstream", d.id, task.seed), sc, registry):
-            return False
-    return True
+        return [(d, cell_path(results, sc, task.attack, d, task.seed)) for d in wanted]
+    if task.kind == "controls":
+        folder = Path(results) / f"{sc.name}-v{sc.version}"
+        return [(d.id, cell_path(results, sc, "clean-upstream", d.id, task.seed)) for d in sc.defenses
+                if any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))]
+    raise ValueError(f"a {task.kind} task writes no result file")
+
+
+def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bool:
+    """Whether every result file the task would write exists, finished (status ok), for this exact scenario."""
+    if task.kind == "upstream":
+        return upstream_ready(sc, registry, home)
+    return all(_ok(p, sc, registry) for _, p in task_files(task, sc, results, registry))
 
 
 def _scored(f: Path) -> bool:

@@ -3,7 +3,10 @@ without downloading or training anything (models are built on the meta device to
 from __future__ import annotations
 
 import functools
+import json
+from collections import Counter
 from dataclasses import dataclass
+from statistics import median
 from pathlib import Path
 from typing import Optional
 
@@ -154,4 +157,83 @@ def print_plan(scenarios: list[Scenario], tflops: float, console=None) -> list[E
     console.print(f"{total_cells} cells; about {total_h:.1f} hours of training and evaluation at {tflops:g} TFLOP/s "
                   "(defenses not included; '?' where a dataset's size is unknown: give n_train / n_test).",
                   style="dim")
+    return out
+
+
+@dataclass
+class Progress:
+    scenario: Scenario
+    done: int            # result files finished (cells and controls)
+    total: int
+    seconds: float       # measured wall time of what is left
+    unmeasured: int      # stages left that no finished result of this scenario has timed
+    hardware: str        # where the timings were measured (the most common, from the files' provenance)
+
+
+def progress(sc: Scenario, results: Path, registry) -> Progress:
+    """What of a scenario a results folder holds, and what the rest would take at the stage wall times recorded in
+    its finished result files: the median over distinct artifacts of each stage (the injection per attack, each
+    defense on its own). Assumes the artifact store that computed the finished cells is at hand, so their stages are
+    not redone; a stage never timed in this scenario is counted in `unmeasured`, not guessed."""
+    from .grid import _ok, plan_tasks, task_files
+    folder = Path(results) / f"{sc.name}-v{sc.version}"
+    timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
+    hardware: Counter = Counter()
+    for f in folder.glob("*/*/seed-*.json"):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("status") != "ok" or r.get("scenario", {}).get("sha256") != sc.sha256:
+            continue
+        hw = r.get("provenance", {}).get("hardware", {})
+        hardware[f"{hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"] += 1
+        for stage, secs in r.get("wall_time_s", {}).items():
+            key = {"backdoor": r["attack"]["id"], "defense": (r.get("defense") or {}).get("id")}.get(stage)
+            artifact = r.get("artifacts", {}).get(stage, f"{f}:{stage}")
+            timed.setdefault(("downstream" if stage == "downstream_clean" else stage, key), {})[artifact] = secs
+    med = {k: median(v.values()) for k, v in timed.items()}
+    left = {"seconds": 0.0, "unmeasured": 0}
+
+    def add(stage, key=None):
+        if (stage, key) in med:
+            left["seconds"] += med[(stage, key)]
+        else:
+            left["unmeasured"] += 1
+    done = total = 0
+    _, cells, controls = plan_tasks([sc])
+    if not timed:
+        add("upstream")
+    for task in cells + controls:
+        files = task_files(task, sc, results, registry)
+        missing = [d for d, p in files if not _ok(p, sc, registry)]
+        done, total = done + len(files) - len(missing), total + len(files)
+        if task.kind == "cell" and None in missing:  # the attack at this seed was never run: injection + transfers
+            add("backdoor", task.attack), add("downstream"), add("downstream")
+        if task.kind == "controls" and missing and len(missing) == len(files) and task.seed not in sc.seeds:
+            add("downstream")  # a clean seed no cell has transferred
+        for d in missing:
+            if d is not None:
+                add("defense", d)
+    return Progress(sc, done, total, left["seconds"], left["unmeasured"],
+                    hardware.most_common(1)[0][0] if hardware else "-")
+
+
+def print_progress(scenarios: list[Scenario], results: Path, registry, console=None) -> list[Progress]:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console(width=160)
+    t = Table(title=f"progress in {results} (time left at the stage times its finished files measured)",
+              title_justify="left")
+    for col in ("scenario", "results done", "measured on", "hours left", "stages never timed"):
+        t.add_column(col, justify="left" if col in ("scenario", "measured on") else "right")
+    out = [progress(sc, results, registry) for sc in scenarios]
+    for p in out:
+        t.add_row(p.scenario.name, f"{p.done} / {p.total}", p.hardware,
+                  f"{'>= ' if p.unmeasured else ''}{p.seconds / 3600:.1f}", str(p.unmeasured))
+    console.print(t)
+    console.print(f"{sum(p.done for p in out)} of {sum(p.total for p in out)} result files finished; about "
+                  f"{sum(p.seconds for p in out) / 3600:.1f} hours left on the hardware that measured them, plus "
+                  f"{sum(p.unmeasured for p in out)} stages never timed (controls are counted for the defenses that "
+                  "gave a model score so far).", style="dim")
     return out
