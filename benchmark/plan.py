@@ -168,29 +168,50 @@ class Progress:
     seconds: float       # measured wall time of what is left
     unmeasured: int      # stages left that no finished result of this scenario has timed
     hardware: str        # where the timings were measured (the most common, from the files' provenance)
+    controls_known: bool  # every defense has a finished cell, so which ones need clean-upstream controls is known
+
+    @property
+    def lower_bound(self) -> bool:
+        return bool(self.unmeasured) or not self.controls_known
+
+
+def _hardware(r: dict) -> str:
+    hw = (r.get("provenance") or {}).get("hardware") or {}
+    return f"{hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"
 
 
 def progress(sc: Scenario, results: Path, registry) -> Progress:
     """What of a scenario a results folder holds, and what the rest would take at the stage wall times recorded in
-    its finished result files: the median over distinct artifacts of each stage (the injection per attack, each
-    defense on its own). Assumes the artifact store that computed the finished cells is at hand, so their stages are
-    not redone; a stage never timed in this scenario is counted in `unmeasured`, not guessed."""
+    its finished result files (those measured on the most common hardware): the median over distinct artifacts of
+    each stage (the injection per attack, each defense on its own). Assumes the artifact store that computed the
+    finished cells is at hand, so a stage a finished file records (an attack's injection and transfer at a seed,
+    a seed's clean transfer, shared by its attacks and controls) is not redone; a stage never timed in this
+    scenario is counted in `unmeasured`, not guessed."""
     from .grid import _ok, plan_tasks, task_files
     folder = Path(results) / f"{sc.name}-v{sc.version}"
-    timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
-    hardware: Counter = Counter()
+    rows = []
     for f in folder.glob("*/*/seed-*.json"):
         try:
             r = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if r.get("status") != "ok" or r.get("scenario", {}).get("sha256") != sc.sha256:
+        if r.get("status") == "ok" and (r.get("scenario") or {}).get("sha256") == sc.sha256:
+            rows.append((f, r))
+    hardware = Counter(_hardware(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
+    timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
+    cached = set()    # ("backdoor", attack id, seed) and ("clean", seed): stages the store holds
+    for f, r in rows:
+        attack, defense = (r.get("attack") or {}).get("id"), (r.get("defense") or {}).get("id")
+        wall = r.get("wall_time_s") or {}
+        if "backdoor" in wall and "downstream" in wall:
+            cached.add(("backdoor", attack, r.get("seed")))
+        if "downstream_clean" in wall:
+            cached.add(("clean", r.get("seed")))
+        if _hardware(r) != hardware:
             continue
-        hw = r.get("provenance", {}).get("hardware", {})
-        hardware[f"{hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"] += 1
-        for stage, secs in r.get("wall_time_s", {}).items():
-            key = {"backdoor": r["attack"]["id"], "defense": (r.get("defense") or {}).get("id")}.get(stage)
-            artifact = r.get("artifacts", {}).get(stage, f"{f}:{stage}")
+        for stage, secs in wall.items():
+            artifact = (r.get("artifacts") or {}).get(stage, f"{f}:{stage}")
+            key = {"backdoor": attack, "defense": defense}.get(stage)
             timed.setdefault(("downstream" if stage == "downstream_clean" else stage, key), {})[artifact] = secs
     med = {k: median(v.values()) for k, v in timed.items()}
     left = {"seconds": 0.0, "unmeasured": 0}
@@ -200,23 +221,32 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             left["seconds"] += med[(stage, key)]
         else:
             left["unmeasured"] += 1
+
+    def needs(stage, *key):  # a stage no finished file records: computed once, then cached
+        if (stage, *key) not in cached:
+            cached.add((stage, *key))
+            return True
+        return False
     done = total = 0
     _, cells, controls = plan_tasks([sc])
-    if not timed:
+    if not rows:
         add("upstream")
     for task in cells + controls:
         files = task_files(task, sc, results, registry)
         missing = [d for d, p in files if not _ok(p, sc, registry)]
         done, total = done + len(files) - len(missing), total + len(files)
-        if task.kind == "cell" and None in missing:  # the attack at this seed was never run: injection + transfers
-            add("backdoor", task.attack), add("downstream"), add("downstream")
-        if task.kind == "controls" and missing and len(missing) == len(files) and task.seed not in sc.seeds:
-            add("downstream")  # a clean seed no cell has transferred
+        if not missing:
+            continue
+        if needs("clean", task.seed):
+            add("downstream")
+        if task.kind == "cell" and needs("backdoor", task.attack, task.seed):
+            add("backdoor", task.attack), add("downstream")
         for d in missing:
             if d is not None:
                 add("defense", d)
-    return Progress(sc, done, total, left["seconds"], left["unmeasured"],
-                    hardware.most_common(1)[0][0] if hardware else "-")
+    defended = {(r.get("defense") or {}).get("id") for _, r in rows if not r.get("control")}
+    return Progress(sc, done, total, left["seconds"], left["unmeasured"], hardware,
+                    all(d.id in defended for d in sc.defenses))
 
 
 def print_progress(scenarios: list[Scenario], results: Path, registry, console=None) -> list[Progress]:
@@ -230,10 +260,10 @@ def print_progress(scenarios: list[Scenario], results: Path, registry, console=N
     out = [progress(sc, results, registry) for sc in scenarios]
     for p in out:
         t.add_row(p.scenario.name, f"{p.done} / {p.total}", p.hardware,
-                  f"{'>= ' if p.unmeasured else ''}{p.seconds / 3600:.1f}", str(p.unmeasured))
+                  f"{'>= ' if p.lower_bound else ''}{p.seconds / 3600:.1f}", str(p.unmeasured))
     console.print(t)
     console.print(f"{sum(p.done for p in out)} of {sum(p.total for p in out)} result files finished; about "
                   f"{sum(p.seconds for p in out) / 3600:.1f} hours left on the hardware that measured them, plus "
-                  f"{sum(p.unmeasured for p in out)} stages never timed (controls are counted for the defenses that "
-                  "gave a model score so far).", style="dim")
+                  f"{sum(p.unmeasured for p in out)} stages never timed; '>=' also where a defense has no finished "
+                  "cell yet (controls are counted for the defenses that gave a model score so far).", style="dim")
     return out

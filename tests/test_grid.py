@@ -89,32 +89,36 @@ def test_shipped_grids_plan(registry, capsys):
 
 def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(registry, tmp_path):
     """`bdbench plan --results`: files done / total, and the time left as the sum of the measured stage times of
-    exactly the stages that are missing (one cell of the tiny grid: badnets, seed 0)."""
+    exactly the stages that no finished file records (the tiny grid at seed 0, clean seeds 0 and 5)."""
     from benchmark.plan import progress
-    only = {"attacks": ["badnets"], "seeds": [0], "clean_seeds": [0, 5]}
-    kw = dict(home=tmp_path / "home", results=tmp_path / "results", registry=registry, progress=False,
-              log=lambda m: None, isolate=False)
+    only = {"seeds": [0], "clean_seeds": [0, 5]}
     _, (sc,) = grid.load_grid(DATA / "tiny.yaml", registry)
     sc = grid.select(sc, **only)
-    empty = progress(sc, tmp_path / "results", registry)
-    # nothing timed yet: upstream, injection, 2 transfers, the defense; the control on seed 5 is not known yet
-    assert (empty.done, empty.total, empty.seconds, empty.unmeasured) == (0, 2, 0.0, 5)
-    grid.run(DATA / "tiny.yaml", only=only, **kw)
-    folder = tmp_path / "results" / "tiny-v1"
-    full = progress(sc, tmp_path / "results", registry)
-    assert (full.done, full.total, full.seconds, full.unmeasured) == (4, 4, 0.0, 0)  # cell, defense, 2 controls
-    wall = json.loads((folder / "badnets" / "linf-pruning" / "seed-0.json").read_text())["wall_time_s"]
-    control = json.loads((folder / "clean-upstream" / "linf-pruning" / "seed-0.json").read_text())["wall_time_s"]
-    (folder / "badnets" / "none" / "seed-0.json").unlink()
-    (folder / "clean-upstream" / "linf-pruning" / "seed-5.json").unlink()
-    left = progress(sc, tmp_path / "results", registry)
-    assert control["downstream_clean"] == wall["downstream_clean"]  # seed 0's clean transfer, one artifact
-    transfer = (wall["downstream"] + wall["downstream_clean"]) / 2  # the median of the two distinct transfers left
-    assert (left.done, left.total, left.unmeasured) == (2, 4, 0)
-    # the injection and two transfers for the cell; seed 5's clean transfer and the defense (median of the two
-    # linf-pruning runs left) for the control
-    assert left.seconds == pytest.approx(wall["backdoor"] + 3 * transfer + (wall["defense"] + control["defense"]) / 2)
-    assert "cpu" in left.hardware
+    results = tmp_path / "results"
+    empty = progress(sc, results, registry)
+    # nothing timed: upstream, a clean transfer, 2 x (injection, transfer, defense); controls not known yet
+    assert (empty.done, empty.total, empty.seconds, empty.unmeasured) == (0, 4, 0.0, 8)
+    assert empty.lower_bound and not empty.controls_known
+    grid.run(DATA / "tiny.yaml", only=only, home=tmp_path / "home", results=results, registry=registry,
+             progress=False, log=lambda m: None, isolate=False)
+    full = progress(sc, results, registry)
+    assert (full.done, full.total, full.seconds, full.unmeasured) == (6, 6, 0.0, 0)  # 2 cells x 2, 2 controls
+    assert full.controls_known and not full.lower_bound and "cpu" in full.hardware
+    folder = results / "tiny-v1"
+    read = lambda *p: json.loads(folder.joinpath(*p).read_text())["wall_time_s"]  # noqa: E731
+    wall, control = read("badnets", "linf-pruning", "seed-0.json"), read("clean-upstream", "linf-pruning", "seed-0.json")
+    for p in ("badnets/none", "blended/none", "blended/linf-pruning", "clean-upstream/linf-pruning"):
+        (folder / p / ("seed-5.json" if "clean" in p else "seed-0.json")).unlink()
+    left = progress(sc, results, registry)
+    assert (left.done, left.total) == (2, 6)
+    # badnets: its injection and transfers are recorded by its defense file, nothing to recompute; blended: its
+    # injection was never timed once its files are gone, then its transfer and defense; seed 0's clean transfer is
+    # recorded; clean seed 5: its transfer and the defense. Medians over the distinct artifacts left.
+    assert left.unmeasured == 1 and left.lower_bound
+    transfer = (wall["downstream"] + wall["downstream_clean"]) / 2
+    defense = (wall["defense"] + control["defense"]) / 2
+    assert control["downstream_clean"] == wall["downstream_clean"]  # one artifact, counted once
+    assert left.seconds == pytest.approx(2 * transfer + 2 * defense)
 
 
 def _results(root):
