@@ -146,21 +146,36 @@ run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Pa
 """
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
 
-    def children():  # this run's defense process: a child of `parent` (other runs on the machine are not ours)
+    def ppid(pid):
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+    def descendants():  # this run's processes (other runs on the machine are not ours): the fork server, the defense
         out = []
         for pid in os.listdir("/proc"):
             try:
-                if pid.isdigit() and "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd") and \
-                        int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == parent.pid:
+                p = int(pid) if pid.isdigit() else 0
+                while p > 1 and p != parent.pid:
+                    p = ppid(p)
+                if p == parent.pid and int(pid) != parent.pid:
                     out.append(int(pid))
             except (OSError, ValueError, IndexError):
+                pass
+        return out
+
+    def children():  # the defense process itself: it works in its own folder
+        out = []
+        for pid in descendants():
+            try:
+                if "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd"):
+                    out.append(pid)
+            except OSError:
                 pass
         return out
     deadline = time.time() + 120
     while not children() and time.time() < deadline:
         time.sleep(0.2)
-    kids = children()
-    assert kids, "the defense process never started"
+    assert children(), "the defense process never started"
+    kids = descendants()
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 10
