@@ -26,3 +26,8 @@ class UnknownPluginError(BenchError):
 
 class CheckpointError(BenchError):
     """A stored artifact that is missing, tampered with or not safetensors."""
+
+
+class DivergedError(BenchError):
+    """A model whose weights or outputs are not finite: the training that made it diverged. Metrics computed from
+    it would be artefacts (an argmax over NaN logits is class 0, which reads as a perfect attack on target 0)."""

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DivergedError
 
 
 class Classifier(nn.Module):
@@ -63,6 +63,16 @@ class Classifier(nn.Module):
 
 def from_config(config: dict) -> Classifier:
     return Classifier(config["arch"], config["num_classes"], config["in_chans"], config["mean"], config["std"])
+
+
+def check_finite(model: nn.Module, what: str) -> nn.Module:
+    """Raise DivergedError naming the first parameter or buffer holding NaN or inf; return the model otherwise."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DivergedError(f"{what}: weight '{name}' holds NaN or inf, so the training that made it diverged and "
+                                f"nothing measured on it would mean anything. Lower the learning rate of the recipe "
+                                f"that trained it (the scenario's train/inject settings) or fix the plugin's loop.")
+    return model
 
 
 def save(model: Classifier, path: Path) -> None:

@@ -59,12 +59,19 @@ class Artifact:
         return path
 
     def model(self) -> models.Classifier:
-        return models.load(self._verified(self.meta["model"]), self.meta["model"]["config"])
+        model = models.load(self._verified(self.meta["model"]), self.meta["model"]["config"])
+        return models.check_finite(model, f"{self.folder}/model.safetensors (stage {self.stage})")
 
     def tensors(self, name: str) -> dict:
         """Named tensors saved beside the model (e.g. an attack's learned trigger); {} if none."""
         entry = self.meta.get("tensors", {}).get(name)
         return load_file(str(self._verified(entry))) if entry else {}
+
+
+def _named(spec: dict) -> str:
+    """What a stage spec trains, in words: its plugin names and seed."""
+    parts = [f"{k} '{spec[k]['name']}'" for k in ("attack", "defense") if isinstance(spec.get(k), dict) and "name" in spec[k]]
+    return ", ".join(parts + ([f"seed {spec['seed']}"] if "seed" in spec else [])) or "clean"
 
 
 @dataclass
@@ -93,6 +100,8 @@ class Store:
         t0 = time.perf_counter()
         model, meta = fn()
         wall = time.perf_counter() - t0
+        if model is not None:  # a diverged model is not stored: every cell built on it would be an artefact
+            models.check_finite(model, f"the {stage} stage's model ({_named(spec)}, not stored)")
         final = self.root / stage / key
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))

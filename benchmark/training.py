@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from . import device as dev
 from .data import ImageSet, to_float
+from .errors import DivergedError
 from .scenario import Augment, Recipe
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -96,7 +97,6 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def predict(model: nn.Module, data: ImageSet, *, device: torch.device, transform: Optional[Transform] = None,
             batch_size: int = 512) -> torch.Tensor:
     """Predicted labels for every image, optionally after `transform` (e.g. a trigger) on the device."""
@@ -124,14 +124,22 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _forward(model, data, device, transform, batch_size):
     """The model's outputs batch by batch, on the device (the argmax is taken there: one integer per image
-    crosses back to the CPU instead of a row of logits)."""
+    crosses back to the CPU instead of a row of logits). Raises DivergedError at the end if any output is NaN or
+    inf (checked on the device, one synchronisation per call), which an argmax would silently turn into class 0."""
     on_device(model, device).eval()
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for i in range(0, len(data), batch_size):
         x = to_float(data.images[i:i + batch_size], device)
         if transform is not None:
             x = transform(x)
         with dev.autocast(device):
-            yield model(x)
+            y = model(x)
+        finite &= torch.isfinite(y).all()
+        yield y
+    if not bool(finite):
+        what = "the inputs after the transform (e.g. a trigger)" if transform is not None else "the inputs"
+        raise DivergedError(f"the model's outputs are NaN or inf on some of {what}: the model, or the trigger that "
+                            f"made the inputs, came from a training run that diverged, so no metric would mean anything")
 
 
 @torch.inference_mode()
