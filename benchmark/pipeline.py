@@ -378,16 +378,17 @@ class Runner:
                              "backdoored": self.eval_transfer(stages["downstream"], attack, stages["backdoor"])},
             }
         except Exception as e:  # the attack (or a stage before any defense) failed: every cell of it fails
-            return [self._write(base, d, seed, stages, None, error=e) for d in [None, *defenses]]
+            return [self._write(base, d, seed, stages, None, error=e)
+                    for d in [None, *defenses] if d is None or self._applies(d, attack)]
         self._media(attack, stages["backdoor"])
         out = [self._write(base, None, seed, stages, shared)]
         before, target = shared["transfer"]["backdoored"], shared["transfer"]["backdoored"]["target"]
         for d in defenses:
             try:
+                if not self._applies(d, attack):
+                    self.log(f"[skip] {d.id}: {attack.id} controls training; there is no poisoned set to inspect")
+                    continue
                 if self.position(d) == "data":
-                    if not self._attack(attack).poisons_data:
-                        self.log(f"[skip] {d.id}: {attack.id} controls training; there is no poisoned set to inspect")
-                        continue
                     art = self.inspect(d, attack, stages["backdoor"], seed)
                 else:
                     art = self.defend(stages["downstream"], d, attack, stages["backdoor"], target, before, seed)
@@ -396,6 +397,14 @@ class Runner:
             except Exception as e:
                 out.append(self._write(base, d, seed, stages, shared, error=e))
         return out
+
+    def _applies(self, defense: PluginSpec, attack: PluginSpec) -> bool:
+        """False for a training-data defense against an attack that controls training (no poisoned set exists);
+        True where that cannot be told (an unknown plugin), so the cell records the error."""
+        try:
+            return self.position(defense) != "data" or self._attack(attack).poisons_data
+        except Exception:
+            return True
 
     def _media(self, attack: PluginSpec, planted: Artifact) -> None:
         """Trigger examples and a Grad-CAM map beside the attack's results, once per attack (not fatal)."""

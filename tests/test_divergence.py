@@ -78,7 +78,7 @@ def test_a_diverged_injection_fails_its_cells_instead_of_scoring_them(tmp_path):
     write_submission(subs, "attack", "diverge", DIVERGE)
     registry = Registry([REPO / "submissions", subs], entry_points=False)
     sc = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text())
-    sc.update(attacks=["diverge"], seeds=[0])
+    sc.update(attacks=["diverge"], seeds=[0], defenses=["linf-pruning", "spectral-signatures"])
     (tmp_path / "sc.yaml").write_text(yaml.safe_dump(sc))
     results = tmp_path / "results"
     grid.run(tmp_path / "sc.yaml", home=tmp_path / "home", results=results, registry=registry, progress=False,
@@ -89,3 +89,5 @@ def test_a_diverged_injection_fails_its_cells_instead_of_scoring_them(tmp_path):
         assert "attack 'diverge', seed 0, not stored" in r["error"]["message"]
         assert not (r["metrics"] or {}).get("transfer")  # nothing was scored on it
     assert not list((tmp_path / "home" / "backdoor").glob("*/meta.json"))
+    # a training-data defense does not apply to an attack that controls training: no cell, failed or not
+    assert not (results / "tiny-v1" / "diverge" / "spectral-signatures").exists()
