@@ -402,7 +402,7 @@ class Runner:
         """False for a training-data defense against an attack that controls training (no poisoned set exists);
         True where that cannot be told (an unknown plugin), so the cell records the error."""
         try:
-            return self.position(defense) != "data" or self._attack(attack).poisons_data
+            return self.position(defense) != "data" or self.registry.plugin_class("attack", attack.name).poisons_data
         except Exception:
             return True
 

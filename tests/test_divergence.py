@@ -8,6 +8,7 @@ import yaml
 
 from benchmark import grid, models, training
 from benchmark.errors import DivergedError
+from benchmark.hub import file_sha256
 from benchmark.registry import Registry
 from benchmark.store import Store
 
@@ -53,7 +54,6 @@ def test_the_store_does_not_keep_a_diverged_model_and_refuses_to_load_one(tmp_pa
     good = store.build("upstream", {"seed": 0}, lambda: (_model(), {}))
     models.save(bad, good.folder / "model.safetensors")  # as if stored before the check existed
     meta = json.loads((good.folder / "meta.json").read_text())
-    from benchmark.hub import file_sha256
     meta["model"]["sha256"] = file_sha256(good.folder / "model.safetensors")
     (good.folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DivergedError, match="model.safetensors \\(stage upstream\\)"):
