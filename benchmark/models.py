@@ -68,7 +68,8 @@ def from_config(config: dict) -> Classifier:
 def check_finite(model: nn.Module, what: str) -> nn.Module:
     """Raise DivergedError naming the first parameter or buffer holding NaN or inf; return the model otherwise."""
     for name, t in (*model.named_parameters(), *model.named_buffers()):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        # detached: on CUDA, isfinite of a tensor that requires grad raises (an out= op inside it)
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise DivergedError(f"{what}: weight '{name}' holds NaN or inf, so the training that made it diverged and "
                                 f"nothing measured on it would mean anything. Lower the learning rate of the recipe "
                                 f"that trained it (the scenario's train/inject settings) or fix the plugin's loop.")

@@ -12,7 +12,7 @@ from benchmark.hub import file_sha256
 from benchmark.registry import Registry
 from benchmark.store import Store
 
-from .conftest import REPO, random_images, write_submission
+from .conftest import DEVICES, REPO, random_images, write_submission
 
 DIVERGE = """
 import torch
@@ -33,8 +33,10 @@ def _model():
     return models.Classifier("test_resnet", 4, 3)
 
 
-def test_check_finite_names_the_weight_and_passes_a_finite_model():
-    m = _model()
+@pytest.mark.parametrize("device", DEVICES)
+def test_check_finite_names_the_weight_and_passes_a_finite_model(device):
+    m = _model().to(device)  # parameters that require grad, as a defense's fine-tuning returns them
+    assert all(p.requires_grad for p in m.parameters())
     assert models.check_finite(m, "m") is m
     name, p = next(iter(m.named_parameters()))
     with torch.no_grad():
