@@ -68,7 +68,8 @@ def from_config(config: dict) -> Classifier:
 def check_finite(model: nn.Module, what: str) -> nn.Module:
     """Raise DivergedError naming the first parameter or buffer holding NaN or inf; return the model otherwise."""
     for name, t in (*model.named_parameters(), *model.named_buffers()):
-        # detached: on CUDA, isfinite of a tensor that requires grad raises (an out= op inside it)
+        # detached: with torch 2.11 (the GPU machine's), isfinite of a repaired model's weights, which require grad,
+        # raised "abs(): functions with out=... arguments don't support automatic differentiation"
         if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise DivergedError(f"{what}: weight '{name}' holds NaN or inf, so the training that made it diverged and "
                                 f"nothing measured on it would mean anything. Lower the learning rate of the recipe "

@@ -35,7 +35,7 @@ def _model():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_check_finite_names_the_weight_and_passes_a_finite_model(device):
-    m = _model().to(device)  # parameters that require grad, as a defense's fine-tuning returns them
+    m = _model().to(device)  # weights that require grad, as a defense's repaired model has them
     assert all(p.requires_grad for p in m.parameters())
     assert models.check_finite(m, "m") is m
     name, p = next(iter(m.named_parameters()))
