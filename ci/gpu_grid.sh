@@ -1,0 +1,21 @@
+#!/bin/bash
+# A slice of a grid on a GPU machine within a time limit, its result files archived as they finish (a device run
+# returns only what is under $OUT, and a killed run still returns it). Used for the CPU tier's resnet18 v2 block:
+#   DATA=.gpudata bash ci/gpu_grid.sh 505 cpu --scenario cpu-cifar10-chest-resnet18 cpu-cifar10-utkface-resnet18 \
+#     --seeds 0 1 2 --workers 6 --threads 2
+# DATA: a folder holding the datasets of ../shared/datasets (linked there when that is absent: scenarios name
+# their data relative to the repository). Results: $OUT/results.tgz (a results/ folder); log: $OUT/grid.log.
+# Needs the package importable (pip install -e . --no-deps where torch is already there).
+set -u
+limit=$1; shift
+export PYTHONUNBUFFERED=1
+[ -e ../shared/datasets ] || { mkdir -p ../shared && ln -sfn "$(realpath "${DATA:?set DATA or provide ../shared/datasets}")" ../shared/datasets; }
+echo "git $(git rev-parse --short HEAD 2>/dev/null), changed: $(git status --porcelain --untracked-files=no 2>/dev/null | tr '\n' ' ')"
+work=${WORK:-/tmp/bdwork}; out=${OUT:-/tmp/bdbench-gpu-grid}; mkdir -p "$work/results" "$out"
+archive() { tar czf "$out/.results.tgz" -C "$work" results && mv "$out/.results.tgz" "$out/results.tgz"; }
+( while sleep 40; do archive; done ) & loop=$!
+s=$SECONDS
+BDBENCH_HOME=$work/home timeout "$limit" python3 -m benchmark grid "$@" --device cuda --results "$work/results" > "$out/grid.log" 2>&1
+echo "grid exit $? after $((SECONDS - s)) s; $(find "$work/results" -name '*.json' | wc -l) result files"
+kill $loop; archive
+grep -a "^\[done\]\|^grid:" "$out/grid.log" | tail -n 20
