@@ -5,7 +5,7 @@
 #     --seeds 0 1 2 --workers 6 --threads 2
 # DATA: a folder holding the datasets of ../shared/datasets (linked there when that is absent: scenarios name
 # their data relative to the repository). Results: $OUT/results.tgz (a results/ folder); log: $OUT/grid.log.
-# Needs the package importable (pip install -e . --no-deps where torch is already there).
+# DEVICE=cpu tries it without a GPU. Needs the package importable (pip install -e . --no-deps where torch is already there).
 set -u
 limit=$1; shift
 export PYTHONUNBUFFERED=1
@@ -15,7 +15,7 @@ work=${WORK:-/tmp/bdwork}; out=${OUT:-/tmp/bdbench-gpu-grid}; mkdir -p "$work/re
 archive() { tar czf "$out/.results.tgz" -C "$work" results && mv "$out/.results.tgz" "$out/results.tgz"; }
 ( while sleep 40; do archive; done ) & loop=$!
 s=$SECONDS
-BDBENCH_HOME=$work/home timeout "$limit" python3 -m benchmark grid "$@" --device cuda --results "$work/results" > "$out/grid.log" 2>&1
+BDBENCH_HOME=$work/home timeout "$limit" python3 -m benchmark grid "$@" --device "${DEVICE:-cuda}" --results "$work/results" > "$out/grid.log" 2>&1
 echo "grid exit $? after $((SECONDS - s)) s; $(find "$work/results" -name '*.json' | wc -l) result files"
 kill $loop; archive
 grep -a "^\[done\]\|^grid:" "$out/grid.log" | tail -n 20
