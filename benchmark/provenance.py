@@ -22,7 +22,10 @@ def git_state(repo: str | None = None) -> dict:
                                capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        # which tracked files differ from the commit: a copy of the tree whose .git is older (a cluster's or a
+        # GPU machine's) then still says what ran
+        changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())
+        return {"commit": commit.stdout.strip(), "dirty": bool(changed), **({"changed": changed[:50]} if changed else {})}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

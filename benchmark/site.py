@@ -142,7 +142,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
-                          "commits": sorted({c["provenance"]["git"]["commit"] or "unknown" for c in cs})})
+                          "commits": sorted({_code(c["provenance"]["git"]) for c in cs})})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON
     for c in cells:
@@ -196,3 +196,11 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
     (out / ".nojekyll").write_text("")
     (out / MARKER).write_text("built by `bdbench leaderboard build`; a rebuild empties this folder\n")
     return {"cells": len(cells), "scenarios": len(scenarios), "submissions": len(subs)}
+
+
+def _code(git: dict) -> str:
+    """A cell's code version: the commit, and the files that differed from it when the cell ran."""
+    commit = (git.get("commit") or "unknown")[:12]
+    if not git.get("dirty"):
+        return commit
+    return f"{commit} + changes to {', '.join(git['changed'])}" if git.get("changed") else f"{commit} + uncommitted changes"

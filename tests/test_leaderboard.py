@@ -275,3 +275,11 @@ def test_each_scenario_names_the_command_that_reproduces_it(registry, tmp_path):
     _, many = grid.load_grid(exp / "many.yaml", registry)
     assert [runs[s.sha256] for s in many] == [f"bdbench grid ci/experiments/many.yaml --scenario {s.name}" for s in many]
     assert runs[(many[1].name, many[1].version)] == "bdbench grid ci/experiments/many.yaml --scenario tiny-linear"
+
+
+def test_a_cells_code_version_names_uncommitted_changes():
+    assert site._code({"commit": "a" * 40, "dirty": False}) == "a" * 12
+    assert site._code({"commit": "a" * 40, "dirty": True, "changed": ["b.yaml", "c.py"]}) == \
+        "aaaaaaaaaaaa + changes to b.yaml, c.py"
+    assert site._code({"commit": "a" * 40, "dirty": True}) == "aaaaaaaaaaaa + uncommitted changes"  # older files
+    assert site._code({"commit": None, "dirty": None}) == "unknown"

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from benchmark import provenance
 from benchmark.pipeline import cell_path
 from benchmark.scenario import PluginSpec
 
@@ -66,6 +67,21 @@ def test_result_file_has_provenance(digits_env):
     assert all(isinstance(v, float) for v in r["wall_time_s"].values())
     prov = r["provenance"]
     assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
+
+
+def test_git_state_names_the_changed_files(tmp_path):
+    run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 1\n")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = provenance.git_state.__wrapped__(str(tmp_path))
+    assert clean["dirty"] is False and "changed" not in clean and len(clean["commit"]) == 40
+    (tmp_path / "b.py").write_text("y = 2\n")
+    (tmp_path / "new.py").write_text("")  # untracked: not part of what ran from the repository
+    assert provenance.git_state.__wrapped__(str(tmp_path)) == {"commit": clean["commit"], "dirty": True,
+                                                              "changed": ["b.py"]}
 
 
 @pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
