@@ -55,10 +55,7 @@ class GridFile:
         for k, v in self.vary.items():
             if not isinstance(v, (list, dict)) or not v:
                 raise Invalid(f"vary.{k}", "give a non-empty list of values or a mapping label -> value")
-        labels = {label for k, v in self.vary.items() for label, _ in _axis(k, v)}
-        for label, settings in self.adjust.items():
-            if label not in labels:
-                raise Invalid(f"adjust.{label}", f"no vary value has this label (labels: {sorted(labels)})")
+        for label, settings in self.adjust.items():  # keys are checked against the labels and scenario names
             if not isinstance(settings, dict) or not settings:
                 raise Invalid(f"adjust.{label}", "give a mapping dotted.key -> value, e.g. {upstream.train.epochs: 20}")
 
@@ -111,12 +108,14 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
     grid = parse(GridFile, data, file=path)
     out = []
     axes = [[(k, label, v) for label, v in _axis(k, vals)] for k, vals in grid.vary.items()]
+    bases = []
     for ref in grid.scenarios:
         base_path = resolve(ref if Path(ref).suffix not in (".yaml", ".yml") else str(path.parent / ref))
         base_raw = base_path.read_bytes()
         base = read_yaml(base_raw, base_path)
         if not isinstance(base, dict) or not isinstance(base.get("name"), str):
             raise ConfigError(base_path, "name", "a scenario file is a mapping with a 'name'; see benchmark/scenarios/")
+        bases.append(base["name"])
         for combo in itertools.product(*axes) if axes else [()]:
             d = copy.deepcopy(base)
             for k, label, v in combo:
@@ -126,7 +125,9 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
                     raise ConfigError(path, f"vary.{k}.{label}", f"give {len(keys)} values, one per key in '{k}'")
                 for kk, vv in zip(keys, vals):
                     _set(d, kk, vv, path, f"vary.{k}")
-            adjusted = [[label, grid.adjust[label]] for _, label, _ in combo if label in grid.adjust]
+            # a vary label's settings, then the base scenario's own (by name), which win
+            adjusted = [[label, grid.adjust[label]] for _, label, _ in combo if label in grid.adjust] + \
+                ([[base["name"], grid.adjust[base["name"]]]] if base["name"] in grid.adjust else [])
             for label, settings in adjusted:
                 for kk, vv in settings.items():
                     _set(d, kk, vv, path, f"adjust.{label}.{kk}")
@@ -144,6 +145,11 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
             except ConfigError as e:
                 raise BenchError(f"{path}: scenario {d.get('name')} (from {base_path} with "
                                  f"{', '.join(f'{k}={label}' for k, label, _ in combo) or 'no overrides'}): {e}") from None
+    labels = {label for axis in axes for _, label, _ in axis}
+    for key in grid.adjust:
+        if key not in labels and key not in bases:
+            raise ConfigError(path, f"adjust.{key}", f"neither a vary label nor a scenario's name (labels: "
+                                                     f"{sorted(labels)}; scenarios: {bases})")
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

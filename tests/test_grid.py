@@ -46,7 +46,11 @@ def test_adjust_sets_a_recipe_for_one_label_and_leaves_the_other_hashes(registry
     assert after[0].sha256 == before[0].sha256 and after[0].version == before[0].version
     assert after[0].upstream.train.epochs == before[0].upstream.train.epochs != 7
     assert after[1].sha256 != before[1].sha256 and after[1].upstream.train.epochs == 7 and after[1].version == 3
-    for adjust, match in (({"lineer": {"version": 2}}, "no vary value has this label"),
+    # a base scenario's own adjustment, by its name, applies to all its variants after the labels' settings
+    f.write_text(yaml.safe_dump({**base, "adjust": {"linear": {"version": 3}, "tiny": {"version": 4}}}))
+    _, own = grid.load_grid(f, registry)
+    assert [s.version for s in own] == [4, 4] and all(o.sha256 != b.sha256 for o, b in zip(own, before))
+    for adjust, match in (({"lineer": {"version": 2}}, "neither a vary label nor a scenario's name"),
                           ({"linear": {"upstream.nope.x": 1}}, "does not name a setting"),
                           ({"linear": {}}, "give a mapping")):
         f.write_text(yaml.safe_dump({**base, "adjust": adjust}))
