@@ -20,6 +20,7 @@ def run_task(job: dict) -> dict:
         import torch
 
         from .device import pick
+        from .errors import BenchError
         from .grid import load_grid, select
         from .pipeline import Runner
         from .registry import Registry
@@ -28,10 +29,17 @@ def run_task(job: dict) -> dict:
         if job.get("threads"):
             torch.set_num_threads(job["threads"])
         registry = Registry([Path(r) for r in job["roots"]], entry_points=True)
-        _, scenarios = load_grid(job["grid"], registry)
+        try:
+            _, scenarios = load_grid(job["grid"], registry)
+            sc = next(s for s in scenarios if s.name == job["scenario"])
+        except (BenchError, StopIteration) as e:
+            raise BenchError(f"{job['grid']} no longer gives scenario {job['scenario']} ({e}): it changed after the "
+                             f"grid started; rerun the grid") from None
+        if job.get("sha256") and sc.sha256 != job["sha256"]:  # a task runs what the grid planned, or nothing
+            raise BenchError(f"{job['grid']}: scenario {sc.name} changed after the grid started (its hash differs); "
+                             f"rerun the grid, which keeps every finished result")
         o = job.get("only") or {}
-        sc = select(next(s for s in scenarios if s.name == job["scenario"]), o.get("attacks"), o.get("defenses"),
-                    o.get("seeds"), o.get("clean_seeds"))
+        sc = select(sc, o.get("attacks"), o.get("defenses"), o.get("seeds"), o.get("clean_seeds"))
         device = pick(_WORKER_DEVICE or job["device"])
         runner = Runner(sc, registry, Store(Path(job["home"])), Path(job["results"]), device, progress=False,
                         log=lambda m: None, isolate=job["isolate"])

@@ -283,7 +283,8 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
                     counts["skipped"] += 1
                     bar.advance(tid)
                 else:
-                    todo.append({**base, "kind": t.kind, "scenario": t.scenario, "attack": t.attack, "seed": t.seed})
+                    todo.append({**base, "kind": t.kind, "scenario": t.scenario, "attack": t.attack, "seed": t.seed,
+                                 "sha256": by_name[t.scenario].sha256})
             if not todo:
                 continue
             if executor == "ray":

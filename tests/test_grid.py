@@ -59,6 +59,26 @@ def test_adjust_sets_a_recipe_for_one_label_and_leaves_the_other_hashes(registry
         assert "g.yaml" in str(e.value)
 
 
+def test_a_task_refuses_a_grid_file_changed_after_the_grid_started(registry, tmp_path):
+    """Workers read the grid file when a task starts; edited meanwhile, it could run something else than the
+    grid planned (or, as happened, no longer load). The task fails with the fix instead, writing nothing."""
+    from benchmark.executors import run_task
+    base = {"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {"downstream.protocol": ["full", "linear"]}}
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(base))
+    _, (full, _) = grid.load_grid(f, registry)
+    job = {"grid": str(f), "roots": [str(r) for r in registry.roots], "home": str(tmp_path / "home"),
+           "results": str(tmp_path / "results"), "device": "cpu", "isolate": False, "threads": 1, "only": {},
+           "kind": "upstream", "scenario": full.name, "attack": None, "seed": None, "sha256": full.sha256}
+    f.write_text(yaml.safe_dump({**base, "adjust": {"full": {"upstream.train.epochs": 7}}}))
+    r = run_task(job)
+    assert not r["ok"] and "scenario tiny-full changed after the grid started" in r["error"], r
+    f.write_text(yaml.safe_dump({**base, "vary": {"downstream.protocol": ["linear"]}}))
+    r = run_task(job)
+    assert not r["ok"] and "no longer gives scenario tiny-full" in r["error"], r
+    assert not (tmp_path / "home").exists() and not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("vary,match", [
     ({"upstream.nope.arch": ["x"]}, "does not name a setting"),
     ({"upstream.arch": ["no_such_net"]}, "unknown timm model"),
