@@ -31,10 +31,13 @@ def run_task(job: dict) -> dict:
         registry = Registry([Path(r) for r in job["roots"]], entry_points=True)
         try:
             _, scenarios = load_grid(job["grid"], registry)
-            sc = next(s for s in scenarios if s.name == job["scenario"])
-        except (BenchError, StopIteration) as e:
-            raise BenchError(f"{job['grid']} no longer gives scenario {job['scenario']} ({e}): it changed after the "
-                             f"grid started; rerun the grid") from None
+        except BenchError as e:
+            raise BenchError(f"the worker could not load the grid: {e}. If the file changed after the grid started, "
+                             f"rerun the grid; else see that the worker has the same files and plugins") from None
+        sc = next((s for s in scenarios if s.name == job["scenario"]), None)
+        if sc is None:
+            raise BenchError(f"{job['grid']} no longer gives scenario {job['scenario']}: it changed after the grid "
+                             f"started; rerun the grid")
         if job.get("sha256") and sc.sha256 != job["sha256"]:  # a task runs what the grid planned, or nothing
             raise BenchError(f"{job['grid']}: scenario {sc.name} changed after the grid started (its hash differs); "
                              f"rerun the grid, which keeps every finished result")

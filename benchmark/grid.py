@@ -147,6 +147,8 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
                                  f"{', '.join(f'{k}={label}' for k, label, _ in combo) or 'no overrides'}): {e}") from None
     labels = {label for axis in axes for _, label, _ in axis}
     for key in grid.adjust:
+        if key in labels and key in bases:
+            raise ConfigError(path, f"adjust.{key}", "is both a vary label and a scenario's name; rename the label")
         if key not in labels and key not in bases:
             raise ConfigError(path, f"adjust.{key}", f"neither a vary label nor a scenario's name (labels: "
                                                      f"{sorted(labels)}; scenarios: {bases})")

@@ -10,22 +10,27 @@ from pathlib import Path
 
 import torch
 
+MAX_CHANGED = 50
 PACKAGES = ("bdbench", "torch", "torchvision", "timm", "datasets", "huggingface-hub", "safetensors", "numpy", "scikit-learn")
 
 
 @lru_cache(maxsize=1)
 def git_state(repo: str | None = None) -> dict:
+    """The commit, whether tracked files differ from it, and which (a copy of the tree whose .git is older, a
+    cluster's or a GPU machine's, then still says what ran). Untracked files are not code that ran from here."""
     repo = repo or str(Path(__file__).resolve().parent.parent)
     try:
         commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        # which tracked files differ from the commit: a copy of the tree whose .git is older (a cluster's or a
-        # GPU machine's) then still says what ran
-        changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())
-        return {"commit": commit.stdout.strip(), "dirty": bool(changed), **({"changed": changed[:50]} if changed else {})}
+        diff = subprocess.run(["git", "-C", repo, "diff", "HEAD", "--name-only", "-z", "--no-renames"],
+                              capture_output=True, text=True, timeout=10)
+        if diff.returncode != 0:
+            return {"commit": commit.stdout.strip(), "dirty": None}
+        changed = sorted(p for p in diff.stdout.split("\0") if p)
+        if len(changed) > MAX_CHANGED:
+            changed = changed[:MAX_CHANGED] + [f"... and {len(changed) - MAX_CHANGED} more"]
+        return {"commit": commit.stdout.strip(), "dirty": bool(changed), **({"changed": changed} if changed else {})}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

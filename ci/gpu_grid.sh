@@ -5,17 +5,25 @@
 #     --seeds 0 1 2 --workers 6 --threads 2
 # DATA: a folder holding the datasets of ../shared/datasets (linked there when that is absent: scenarios name
 # their data relative to the repository). Results: $OUT/results.tgz (a results/ folder); log: $OUT/grid.log.
-# DEVICE=cpu tries it without a GPU. Needs the package importable (pip install -e . --no-deps where torch is already there).
+# Exits with the grid's status (124: the time limit). DEVICE=cpu tries it without a GPU. Needs the package
+# importable (pip install -e . --no-deps where torch is already there).
 set -u
+[ $# -ge 2 ] || { echo "usage: DATA=<datasets folder> bash ci/gpu_grid.sh LIMIT_S GRID [bdbench grid options]"; exit 2; }
+cd "$(dirname "$0")/.."
 limit=$1; shift
 export PYTHONUNBUFFERED=1
-[ -e ../shared/datasets ] || { mkdir -p ../shared && ln -sfn "$(realpath "${DATA:?set DATA or provide ../shared/datasets}")" ../shared/datasets; }
-echo "git $(git rev-parse --short HEAD 2>/dev/null), changed: $(git status --porcelain --untracked-files=no 2>/dev/null | tr '\n' ' ')"
+if [ ! -e ../shared/datasets ]; then
+  [ -n "${DATA:-}" ] && [ -d "$DATA" ] || { echo "no ../shared/datasets: set DATA to a folder holding the datasets"; exit 2; }
+  mkdir -p ../shared && ln -sfn "$(realpath "$DATA")" ../shared/datasets
+fi
+echo "git $(git rev-parse --short HEAD 2>/dev/null), changed: $(git diff HEAD --name-only 2>/dev/null | tr '\n' ' ')"
 work=${WORK:-/tmp/bdwork}; out=${OUT:-/tmp/bdbench-gpu-grid}; mkdir -p "$work/results" "$out"
-archive() { tar czf "$out/.results.tgz" -C "$work" results && mv "$out/.results.tgz" "$out/results.tgz"; }
-( while sleep 40; do archive; done ) & loop=$!
+archive() { local tmp; tmp=$(mktemp "$out/.results.XXXXXX") && tar czf "$tmp" -C "$work" results && mv "$tmp" "$out/results.tgz"; }
+( while [ ! -e "$work/.stop" ]; do sleep 20; archive; done ) & loop=$!
 s=$SECONDS
 BDBENCH_HOME=$work/home timeout "$limit" python3 -m benchmark grid "$@" --device "${DEVICE:-cuda}" --results "$work/results" > "$out/grid.log" 2>&1
-echo "grid exit $? after $((SECONDS - s)) s; $(find "$work/results" -name '*.json' | wc -l) result files"
-kill $loop; archive
+rc=$?
+echo "grid exit $rc after $((SECONDS - s)) s; $(find "$work/results" -name '*.json' | wc -l) result files"
+touch "$work/.stop"; wait $loop; rm -f "$work/.stop"; archive
 grep -a "^\[done\]\|^grid:" "$out/grid.log" | tail -n 20
+exit $rc

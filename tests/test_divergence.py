@@ -34,9 +34,16 @@ def _model():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_check_finite_names_the_weight_and_passes_a_finite_model(device):
+def test_check_finite_names_the_weight_and_passes_a_finite_model(device, monkeypatch):
     m = _model().to(device)  # weights that require grad, as a defense's repaired model has them
     assert all(p.requires_grad for p in m.parameters())
+    isfinite = torch.isfinite
+
+    def strict(t):  # what torch 2.11 did on the GPU machine with such weights
+        if t.requires_grad:
+            raise RuntimeError("abs(): functions with out=... arguments don't support automatic differentiation")
+        return isfinite(t)
+    monkeypatch.setattr(torch, "isfinite", strict)
     assert models.check_finite(m, "m") is m
     name, p = next(iter(m.named_parameters()))
     with torch.no_grad():

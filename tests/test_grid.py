@@ -57,6 +57,10 @@ def test_adjust_sets_a_recipe_for_one_label_and_leaves_the_other_hashes(registry
         with pytest.raises(BenchError, match=match) as e:
             grid.load_grid(f, registry)
         assert "g.yaml" in str(e.value)
+    f.write_text(yaml.safe_dump({**base, "vary": {"downstream.protocol": {"tiny": "full"}},
+                                 "adjust": {"tiny": {"version": 2}}}))  # a label named as the scenario
+    with pytest.raises(BenchError, match="both a vary label and a scenario's name"):
+        grid.load_grid(f, registry)
 
 
 def test_a_task_refuses_a_grid_file_changed_after_the_grid_started(registry, tmp_path):
@@ -76,6 +80,9 @@ def test_a_task_refuses_a_grid_file_changed_after_the_grid_started(registry, tmp
     f.write_text(yaml.safe_dump({**base, "vary": {"downstream.protocol": ["linear"]}}))
     r = run_task(job)
     assert not r["ok"] and "no longer gives scenario tiny-full" in r["error"], r
+    f.write_text(yaml.safe_dump({**base, "adjust": {"nolabel": {"version": 2}}}))
+    r = run_task(job)
+    assert not r["ok"] and "could not load the grid" in r["error"] and "adjust.nolabel" in r["error"], r
     assert not (tmp_path / "home").exists() and not (tmp_path / "results").exists()
 
 

@@ -82,6 +82,8 @@ def test_git_state_names_the_changed_files(tmp_path):
     (tmp_path / "new.py").write_text("")  # untracked: not part of what ran from the repository
     assert provenance.git_state.__wrapped__(str(tmp_path)) == {"commit": clean["commit"], "dirty": True,
                                                               "changed": ["b.py"]}
+    run("mv", "a.py", "a b\u00e9.py")  # a rename, a space, a non-ASCII name: plain paths, no quoting
+    assert provenance.git_state.__wrapped__(str(tmp_path))["changed"] == ["a b\u00e9.py", "a.py", "b.py"]
 
 
 @pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
