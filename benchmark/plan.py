@@ -10,6 +10,7 @@ from statistics import median
 from pathlib import Path
 from typing import Optional
 
+from .provenance import hardware_label
 from .scenario import DataSpec, Scenario
 
 
@@ -175,9 +176,6 @@ class Progress:
         return bool(self.unmeasured) or not self.controls_known
 
 
-def _hardware(r: dict) -> str:
-    hw = (r.get("provenance") or {}).get("hardware") or {}
-    return f"{hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"
 
 
 def progress(sc: Scenario, results: Path, registry) -> Progress:
@@ -197,7 +195,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             continue
         if r.get("status") == "ok" and (r.get("scenario") or {}).get("sha256") == sc.sha256:
             rows.append((f, r))
-    hardware = Counter(_hardware(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
+    hardware = Counter(hardware_label(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
     timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
     cached = set()    # ("backdoor", attack id, seed) and ("clean", seed): stages the store holds
     for f, r in rows:
@@ -207,7 +205,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             cached.add(("backdoor", attack, r.get("seed")))
         if "downstream_clean" in wall:
             cached.add(("clean", r.get("seed")))
-        if _hardware(r) != hardware:
+        if hardware_label(r) != hardware:
             continue
         for stage, secs in wall.items():
             artifact = (r.get("artifacts") or {}).get(stage, f"{f}:{stage}")

@@ -55,3 +55,9 @@ def hardware(device: torch.device) -> dict:
 
 def collect(device: torch.device) -> dict:
     return {"git": git_state(), "packages": packages(), "hardware": hardware(device)}
+
+
+def hardware_label(result: dict) -> str:
+    """Where a result file's numbers were computed, in a few words: 'cpu, 2 cores', 'NVIDIA H200, 16 cores'."""
+    hw = (result.get("provenance") or {}).get("hardware") or {}
+    return f"{hw.get('gpu') or hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"

@@ -12,11 +12,13 @@ import io
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import jinja2
 
 from . import plots, results
+from .provenance import hardware_label
 from .errors import BenchError
 from .registry import Registry
 
@@ -142,7 +144,8 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
-                          "commits": sorted({_code(c["provenance"]["git"]) for c in cs})})
+                          "commits": sorted({_code(c["provenance"]["git"]) for c in cs}),
+                          "hardware": sorted(Counter(hardware_label(c) for c in cs).items())})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON
     for c in cells:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from benchmark import grid
@@ -136,7 +137,8 @@ def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(regist
     full = progress(sc, results, registry)
     assert (full.done, full.total, full.seconds, full.unmeasured) == (6, 6, 0.0, 0)  # 2 cells x 2, 2 controls
     assert full.controls_known and not full.lower_bound
-    assert full.hardware.startswith(pick("auto").type + ", ")  # the device the run chose: cuda where present
+    dev = pick("auto")  # the device the run chose: a GPU by name where present
+    assert full.hardware.startswith((torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu") + ", ")
     folder = results / "tiny-v1"
     read = lambda *p: json.loads(folder.joinpath(*p).read_text())["wall_time_s"]  # noqa: E731
     wall, control = read("badnets", "linf-pruning", "seed-0.json"), read("clean-upstream", "linf-pruning", "seed-0.json")

@@ -3,6 +3,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def test_site_escapes_names_and_keeps_versions_apart(results_dir, tmp_path):
     v1 = index.split("Scenario digits v2")[0]
     assert "0.123" not in v1.split("Scenario digits v1")[1]  # the v2 number stays in v2's section
     assert counts["scenarios"] == 2
+    assert re.search(r"computed on [^<(]+, \d+ cores \(\d+ cells\)", index)  # each scenario says where it ran
     for page in (tmp_path / "site/submissions").glob("*.html"):
         assert EVIL not in page.read_text()
     assert (tmp_path / "site/plots/digits-v1-ca-asr.svg").read_text().startswith("<svg")
@@ -283,3 +285,11 @@ def test_a_cells_code_version_names_uncommitted_changes():
         "aaaaaaaaaaaa + changes to b.yaml, c.py"
     assert site._code({"commit": "a" * 40, "dirty": True}) == "aaaaaaaaaaaa + uncommitted changes"  # older files
     assert site._code({"commit": None, "dirty": None}) == "unknown"
+
+
+def test_hardware_label_names_the_gpu_or_the_cpu():
+    from benchmark.provenance import hardware_label
+    gpu = {"provenance": {"hardware": {"device": "cuda:0", "gpu": "NVIDIA H200", "cpu_count": 16}}}
+    assert hardware_label(gpu) == "NVIDIA H200, 16 cores"
+    assert hardware_label({"provenance": {"hardware": {"device": "cpu", "cpu_count": 2}}}) == "cpu, 2 cores"
+    assert hardware_label({}) == "?, ? cores"
