@@ -11,7 +11,8 @@ from . import results
 from .errors import BenchError
 from .site import fmt
 
-DEFENSE_COLS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc")]
+DEFENSE_COLS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
+                ("sample AUROC", "sample_auroc")]
 ATTACK_COLS = [("CA", "ca"), ("ASR before", "asr_upstream"), ("ASR after", "asr_transfer"), ("baseline", "asr_baseline"),
                ("best AUROC", "best_auroc")]
 

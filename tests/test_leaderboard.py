@@ -103,6 +103,22 @@ def test_compare_reports_differences_and_overlap(results_dir, capsys):
         compare(results_dir, "digits", ["finetune", "nope"], version=1)
 
 
+def test_compare_shows_sample_auroc_of_data_inspection_defenses(results_dir, tmp_path):
+    """A data-inspection defense's only score is its sample AUROC: compare must show it (mean over seeds)."""
+    out = tmp_path / "results"
+    shutil.copytree(results_dir, out)
+    for seed, auroc in ((0, 0.75), (1, 0.85)):
+        cell = json.loads((out / "digits-v1/badnets/finetune/seed-0.json").read_text())
+        cell["seed"] = seed
+        cell["defense"]["id"] = cell["defense"]["name"] = "inspector"
+        cell["metrics"]["defense"]["sample_auroc"] = auroc
+        (out / "digits-v1/badnets/inspector").mkdir(exist_ok=True)
+        (out / f"digits-v1/badnets/inspector/seed-{seed}.json").write_text(json.dumps(cell))
+    rows = compare(out, "digits", ["finetune", "inspector"], version=1)
+    assert next(r for r in rows if r["name"] == "inspector")["sample_auroc"] == pytest.approx(0.80)
+    assert next(r for r in rows if r["name"] == "finetune")["sample_auroc"] is None
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
