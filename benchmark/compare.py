@@ -13,6 +13,7 @@ from .site import fmt
 
 DEFENSE_COLS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
                 ("sample AUROC", "sample_auroc")]
+VERDICT = {True: "overlaps", False: "distinct", None: "one seed"}
 ATTACK_COLS = [("CA", "ca"), ("ASR before", "asr_upstream"), ("ASR after", "asr_transfer"), ("baseline", "asr_baseline"),
                ("best AUROC", "best_auroc")]
 
@@ -63,11 +64,11 @@ def compare(results_dir: Path, scenario: str, names: list[str], version: int | N
                 text = fmt(s)
                 if n != names[0] and first is not None and s.mean is not None and first[k].mean is not None:
                     d = s.mean - first[k].mean
-                    text += f"  (Δ {d:+.3f}{', overlaps' if s.overlaps(first[k]) else ', distinct'})"
+                    text += f"  (Δ {d:+.3f}, {VERDICT[s.overlaps(first[k])]})"
                 cells_.append(text)
             t.add_row(n, *cells_)
             out.append({"group": g, "name": n, **{k: r[k].mean for _, k in cols}})
         console.print(t)
     console.print(f"Δ against {names[0]}; 'overlaps' when the 95% intervals over seeds overlap (then the difference "
-                  f"is not resolved by these seeds).", style="dim")
+                  f"is not resolved by these seeds); 'one seed' where either side has no interval.", style="dim")
     return out

@@ -69,9 +69,11 @@ class Stat:
         if v is not None:
             self.values.append(v)
 
-    def overlaps(self, other: "Stat") -> bool:
-        a, b = (self.mean, self.half or 0.0), (other.mean, other.half or 0.0)
-        return abs(a[0] - b[0]) <= a[1] + b[1]
+    def overlaps(self, other: "Stat") -> bool | None:
+        """Whether the two 95% intervals overlap; None when either has under two seeds (no interval to compare)."""
+        if self.half is None or other.half is None:
+            return None
+        return abs(self.mean - other.mean) <= self.half + other.half
 
 
 def _stats(rows: list[dict], getter) -> Stat:
