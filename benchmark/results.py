@@ -71,9 +71,10 @@ class Stat:
 
     def overlaps(self, other: "Stat") -> bool | None:
         """Whether the two 95% intervals overlap; None when either has under two seeds (no interval to compare)."""
-        if self.half is None or other.half is None:
+        a, b = self.half, other.half
+        if a is None or b is None:
             return None
-        return abs(self.mean - other.mean) <= self.half + other.half
+        return abs(self.mean - other.mean) <= a + b
 
 
 def _stats(rows: list[dict], getter) -> Stat:

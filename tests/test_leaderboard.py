@@ -106,10 +106,7 @@ def test_compare_reports_differences_and_overlap(results_dir, capsys):
 def test_intervals_overlap_only_with_two_seeds_or_more():
     """Overlap is a statement about 95% intervals: one seed has none, so the difference is unresolved (None)."""
     def stat(*vs):
-        s = results.Stat()
-        for v in vs:
-            s.add(v)
-        return s
+        return results.Stat(list(vs))
     assert stat(0.5).overlaps(stat(0.9)) is None and stat(0.5, 0.6).overlaps(stat(0.9)) is None
     close, far = stat(0.50, 0.52, 0.54), stat(0.90, 0.91, 0.92)
     assert close.overlaps(stat(0.51, 0.53, 0.55)) is True and close.overlaps(far) is False
@@ -119,8 +116,9 @@ def test_compare_shows_sample_auroc_of_data_inspection_defenses(results_dir, tmp
     """A data-inspection defense's only score is its sample AUROC: compare must show it (mean over seeds)."""
     out = tmp_path / "results"
     shutil.copytree(results_dir, out)
+    source = json.loads((out / "digits-v1/badnets/finetune/seed-0.json").read_text())
     for seed, auroc in ((0, 0.75), (1, 0.85)):
-        cell = json.loads((out / "digits-v1/badnets/finetune/seed-0.json").read_text())
+        cell = copy.deepcopy(source)
         cell["seed"] = seed
         cell["defense"]["id"] = cell["defense"]["name"] = "inspector"
         cell["metrics"]["defense"]["sample_auroc"] = auroc
