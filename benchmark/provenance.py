@@ -36,10 +36,14 @@ def git_state(repo: str | None = None) -> dict:
 
 
 def packages() -> dict:
+    """Installed versions; bdbench's is the running code's own (run from a source tree on PYTHONPATH, as on a
+    GPU machine or a cluster, it has no installed metadata, and an editable install's metadata can be stale)."""
+    from . import __version__
+
     out = {}
     for name in PACKAGES:
         try:
-            out[name] = metadata.version(name)
+            out[name] = __version__ if name == "bdbench" else metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     return out

@@ -69,6 +69,19 @@ def test_result_file_has_provenance(digits_env):
     assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
 
 
+def test_provenance_names_bdbench_when_run_from_a_source_tree(monkeypatch):
+    """No installed metadata (the package on PYTHONPATH, as on a GPU machine): the running code's version, not
+    None (which the result schema rejects, failing the grid after its cells ran)."""
+    import benchmark
+
+    def not_installed(name):
+        raise provenance.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(provenance.metadata, "version", not_installed)
+    pkgs = provenance.packages()
+    assert pkgs["bdbench"] == benchmark.__version__ and pkgs["torch"] is None
+
+
 def test_git_state_names_the_changed_files(tmp_path):
     run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
     run("init", "-q")
