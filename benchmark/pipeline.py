@@ -26,6 +26,7 @@ from .errors import BenchError
 from .plugins import Attack, Context, Defense
 from .provenance import collect
 from .registry import Registry
+from .results import validate
 from .scenario import PluginSpec, Scenario
 from .store import Artifact, Store
 from .zoo import Checkpoint, Zoo
@@ -447,6 +448,7 @@ class Runner:
                      f"{type(error).__name__}: {error}")
         path = cell_path(self.results, sc, base["attack"]["id"], defense.id if defense else None, seed)
         text = json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False)
+        validate(json.loads(text), str(path))  # a harness bug fails its first cell, not every leaderboard read after
         kept = _unchanged(path, json.loads(text))
         if kept is not None:  # the same finished cell from the same stages: keep its file and its provenance
             return kept

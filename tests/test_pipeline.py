@@ -69,6 +69,28 @@ def test_result_file_has_provenance(digits_env):
     assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
 
 
+def test_a_result_that_breaks_the_schema_is_refused_before_it_is_written(digits_env, monkeypatch):
+    """Validated at write time: a harness bug stops the first cell instead of leaving files that every later
+    leaderboard read rejects; the finished file stays as it was."""
+    from benchmark import pipeline
+    from benchmark.errors import BenchError
+
+    home, registry, sc, *_ = digits_env
+    path = cell_path(home / "results", sc, "badnets", "finetune", 0)
+    before = path.read_text()
+    good = pipeline.collect
+
+    def broken(device):
+        prov = good(device)
+        prov["packages"]["bdbench"] = None
+        return prov
+
+    monkeypatch.setattr(pipeline, "collect", broken)
+    with pytest.raises(BenchError, match=r"seed-0\.json: does not match the result schema[\s\S]*packages/bdbench"):
+        Run(home, registry, sc, ["finetune"])
+    assert path.read_text() == before
+
+
 def test_provenance_names_bdbench_when_run_from_a_source_tree(monkeypatch):
     """No installed metadata (the package on PYTHONPATH, as on a GPU machine): the running code's version, not
     None (which the result schema rejects, failing the grid after its cells ran)."""
