@@ -36,7 +36,8 @@ def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.
     return x
 
 
-def _schedule(opt, recipe: Recipe, total_steps: int):
+def schedule(opt, recipe: Recipe, total_steps: int):
+    """The recipe's learning-rate schedule over `total_steps` optimiser steps (stepped once per batch)."""
     if recipe.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=max(total_steps, 1))
     if recipe.schedule == "cosine":
@@ -67,7 +68,7 @@ def fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, device: torch.devic
     steps_per_epoch = n // bs + (1 if n % bs >= 2 else 0)  # a last batch of one would break batch-norm
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
                           weight_decay=recipe.weight_decay)
-    sched = _schedule(opt, recipe, recipe.epochs * steps_per_epoch)
+    sched = schedule(opt, recipe, recipe.epochs * steps_per_epoch)
     scaler = dev.grad_scaler(device)
     images, labels = data.images, data.labels
     if device.type == "cuda":

@@ -177,6 +177,37 @@ def test_input_aware_triggers_are_input_specific(planted_input_aware):
     assert not torch.allclose(delta[0], delta[1])
 
 
+def test_input_aware_diversity_gradient_is_finite_when_two_outputs_are_identical():
+    # Two generators' outputs equal (M saturated): sqrt's gradient at 0 is infinite, 0 * inf is NaN. This made
+    # the small CPU model's seed-2 backdoor diverge (every weight NaN) before the distance had a floor.
+    from bdbench_submissions.attack.input_aware.input_aware import EPS, diversity
+    x1, x2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    t = torch.rand(4, 1, 8, 8)
+    t1 = t.clone().requires_grad_(True)
+    t2 = torch.cat([t[:1], torch.rand(3, 1, 8, 8)]).requires_grad_(True)  # pair 0 identical, the others not
+    loss = diversity(x1, x2, t1, t2)
+    loss.backward()
+    assert torch.isfinite(t1.grad).all() and torch.isfinite(t2.grad).all() and t1.grad[1:].abs().sum() > 0
+    dx = ((x1 - x2) ** 2).flatten(1).mean(1).sqrt()
+    dt = ((t1 - t2) ** 2).flatten(1).mean(1).sqrt().detach()
+    assert torch.allclose(loss, (dx / (dt.clamp_min(EPS) + EPS)).mean())  # the paper's ratio, floor aside
+
+
+def test_input_aware_mask_phase_scores_the_sharpened_mask():
+    # The authors' train_mask_step: diversity and density of T(M(x)), the mask the trigger applies. A raw
+    # mask of 0.3 sharpens to 0.0003: under the density 0.032, so no density penalty.
+    from bdbench_submissions.attack.input_aware.input_aware import diversity, mask_loss, sharpen
+    M = lambda x: 0.3 * x.mean(1, keepdim=True)  # noqa: E731
+    x1, x2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    p = {"lambda_div": 0.0, "lambda_norm": 100.0, "mask_density": 0.032}
+    assert mask_loss(x1, x2, M, p) == 0
+    M2 = lambda x: x.mean(1, keepdim=True)  # noqa: E731
+    p = {"lambda_div": 2.0, "lambda_norm": 100.0, "mask_density": 0.032}
+    m1, m2 = sharpen(M2(x1)), sharpen(M2(x2))
+    want = 2.0 * diversity(x1, x2, m1, m2) + 100.0 * F.relu(m1 - 0.032).mean()
+    assert torch.allclose(mask_loss(x1, x2, M2, p), want) and want > 0
+
+
 # ---------------------------------------------------------------- all poisoning attacks
 @pytest.mark.parametrize("name", ["badnets", "blended", "random-backdoor", "invisible"])
 def test_poisoning_budget(registry, name):

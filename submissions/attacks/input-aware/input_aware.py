@@ -1,6 +1,4 @@
 """Input-aware dynamic backdoor (Nguyen & Tran 2020): a learned, input-specific trigger."""
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,11 +37,23 @@ def sharpen(m):
     return torch.tanh(20 * m - 10) / 2 + 0.5
 
 
+def distance(a, b):
+    """Root-mean-square distance per sample. A distance below EPS counts as EPS: the square root's gradient is
+    infinite at 0, so two identical outputs (a generator saturated to the same image) would otherwise turn the
+    whole step's gradient into NaN (0 * inf) and the training would diverge."""
+    return ((a - b) ** 2).flatten(1).mean(1).clamp_min(EPS ** 2).sqrt()
+
+
 def diversity(x1, x2, t1, t2):
-    """|x1 - x2| / |t1 - t2| with mean-squared distances per sample, averaged."""
-    dx = ((x1 - x2) ** 2).flatten(1).mean(1).sqrt()
-    dt = ((t1 - t2) ** 2).flatten(1).mean(1).sqrt()
-    return (dx / (dt + EPS)).mean()
+    """|x1 - x2| / |t1 - t2| with root-mean-square distances per sample, averaged."""
+    return (distance(x1, x2) / (distance(t1, t2) + EPS)).mean()
+
+
+def mask_loss(x1, x2, M, p):
+    """Phase 1 (the authors' train_mask_step): diversity and density of the SHARPENED masks T(M(x)), the masks
+    the trigger uses, so the density bound holds for what is applied."""
+    m1, m2 = sharpen(M(x1)), sharpen(M(x2))
+    return p["lambda_div"] * diversity(x1, x2, m1, m2) + p["lambda_norm"] * F.relu(m1 - p["mask_density"]).mean()
 
 
 class InputAware(Attack):
@@ -86,9 +96,7 @@ class InputAware(Attack):
         M.train()
         for _ in range(p["mask_epochs"]):
             for i1, i2 in self._batches(len(data), bs, g):
-                x1, x2 = to_float(data.images[i1], dev), to_float(data.images[i2], dev)
-                m1, m2 = M(x1), M(x2)
-                loss = p["lambda_div"] * diversity(x1, x2, m1, m2) + p["lambda_norm"] * F.relu(m1 - p["mask_density"]).mean()
+                loss = mask_loss(to_float(data.images[i1], dev), to_float(data.images[i2], dev), M, p)
                 opt_m.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_m.step()
@@ -102,7 +110,7 @@ class InputAware(Attack):
                                 weight_decay=recipe.weight_decay)
         opt_g = torch.optim.Adam(G.parameters(), lr=p["generator_lr"], betas=(0.5, 0.9))
         steps = recipe.epochs * max(1, len(data) // bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt_c, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        sched = training.schedule(opt_c, recipe, steps)
         n_bd, n_cross = max(1, int(p["p_attack"] * bs)), int(p["p_cross"] * bs)
         losses = []
         bar = tqdm(total=recipe.epochs * (len(data) // bs), desc="plant input-aware", leave=False,
