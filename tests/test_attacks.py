@@ -159,7 +159,7 @@ def planted_input_aware(registry):
 
 
 def test_input_aware_trigger_formula_and_state(registry, planted_input_aware):
-    from bdbench_submissions.attack.input_aware.input_aware import sharpen
+    sharpen = input_aware_module(registry).sharpen
     a, _ = planted_input_aware
     x = fixed_input()
     with torch.no_grad():
