@@ -1,3 +1,4 @@
+import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +20,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(scope="session")
 def registry():
     return Registry([REPO / "submissions"], entry_points=False)
+
+
+@pytest.fixture(scope="session")
+def plugin_module(registry):
+    """The loaded module of a shipped plugin, for tests of its helper functions: plugin_module("attack", "wanet")."""
+    return lambda kind, name: sys.modules[registry.plugin_class(kind, name).__module__]
 
 
 def random_images(n=40, c=3, size=32, classes=4, seed=0) -> ImageSet:

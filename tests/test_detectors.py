@@ -51,10 +51,8 @@ def planted_representations(seed=0, n=600, d=32, poisoned=40, shift=6.0):
     return r, labels, mask
 
 
-def test_spectral_scores_follow_the_definition(registry):
-    mod = registry.plugin_class("defense", "spectral-signatures")
-    import sys
-    spectral_scores = sys.modules[mod.__module__].spectral_scores
+def test_spectral_scores_follow_the_definition(plugin_module):
+    spectral_scores = plugin_module("defense", "spectral-signatures").spectral_scores
     rng = np.random.default_rng(0)
     r = rng.normal(size=(50, 8)) + 5.0  # far from the origin: centring matters
     m = r - r.mean(0)
@@ -91,13 +89,8 @@ def test_activation_clustering_flags_a_small_cluster_only(registry):
     assert not out2.sample_flags[labels2 == 0].any() and not out2.info["per_label"]["c0"]["flagged"]
 
 
-def _nc(registry):
-    import sys
-    return sys.modules[registry.plugin_class("defense", "neural-cleanse").__module__]
-
-
-def test_neural_cleanse_anomaly_index_by_hand(registry):
-    nc = _nc(registry)
+def test_neural_cleanse_anomaly_index_by_hand(plugin_module):
+    nc = plugin_module("defense", "neural-cleanse")
     norms = [10.0, 12.0, 11.0, 2.0]  # even count: median = (10 + 11) / 2 = 10.5
     med, mad = 10.5, 1.4826 * np.median([0.5, 1.5, 0.5, 8.5])  # median of deviations = 1.0
     assert np.allclose(nc.anomaly_index(norms), [abs(v - med) / mad for v in norms])
