@@ -16,7 +16,7 @@ Each combination is a scenario of its own, named `<scenario>-<label>...`, versio
 scenarios with its label only, so adding one leaves every other scenario's hash, and so its results, as they were. A grid runs as tasks: the clean upstream of every
 scenario first (so parallel workers never train it twice), then one task per (scenario, attack, seed)
 with all its defenses, then the clean-upstream controls. Finished work is never redone: a task whose
-result files all exist (status ok, same scenario hash) is skipped without loading anything, and every
+result files all exist (status ok, same scenario: see same_scenario) is skipped without loading anything, and every
 stage it would compute is cached in the content-addressed store (see store.py), so a killed grid
 resumes where it stopped.
 """
@@ -185,15 +185,35 @@ def plan_tasks(scenarios: list[Scenario]) -> list[list[Task]]:
     return [ups, cells, controls]
 
 
+def same_scenario(r: dict, sc: Scenario, registry=None) -> bool:
+    """Whether result `r` was computed for this scenario: by the same file (sha256), or by the same recipe (see
+    scenario.recipe_hash) with its attack and defense as this scenario states them, so that adding an attack, a
+    defense or a seed to a scenario file keeps every finished cell (the parameter check needs the registry)."""
+    s = r.get("scenario") or {}
+    if s.get("sha256") == sc.sha256:
+        return True
+    if s.get("recipe") is None or s.get("recipe") != sc.recipe or registry is None:
+        return False
+    for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
+        p = r.get(kind)
+        if p is None or (kind == "attack" and r.get("control")):
+            continue  # the no-defense cell; a control's clean upstream is part of the recipe
+        spec = next((x for x in specs if x.id == p.get("id")), None)
+        if spec is None or spec.name != p.get("name") or p.get("name") not in registry.names(kind) or \
+                json.loads(json.dumps(registry.resolve_params(kind, spec.name, spec.params))) != p.get("params"):
+            return False
+    return True
+
+
 def _ok(path: Path, sc: Scenario, registry=None) -> bool:
-    """Finished: status ok, for this exact scenario, and (where the file records it) computed by the plugins'
-    current code: a submission whose source changed since has its cells redone (its stages are keyed by its
-    code, so only they recompute)."""
+    """Finished: status ok, for this scenario (same_scenario), and (where the file records it) computed by the
+    plugins' current code: a submission whose source changed since has its cells redone (its stages are keyed by
+    its code, so only they recompute)."""
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    if r.get("status") != "ok" or r.get("scenario", {}).get("sha256") != sc.sha256:
+    if r.get("status") != "ok" or not same_scenario(r, sc, registry):
         return False
     for kind in ("attack", "defense"):
         p = r.get(kind) or {}
@@ -317,24 +337,30 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
 
 # ---------------------------------------------------------------- where a result's scenario comes from
 
-def reproducers(repo: Optional[Path] = None) -> dict:
-    """Every scenario this checkout can run, by sha256 and by (name, version), mapped to the command prefix that
-    runs it: `bdbench run NAME` (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion), or for
-    a file under ci/experiments/ `bdbench run FILE` (a scenario) or `bdbench grid FILE --scenario NAME` (a grid).
-    The leaderboard prints these beside each row; grid names and experiment files are what `bdbench run NAME`
-    alone would not find. The first file to name a scenario wins."""
+def known_scenarios(repo: Optional[Path] = None) -> list[tuple[str, Scenario]]:
+    """Every scenario this checkout can run, as (the command prefix that runs it, the scenario): `bdbench run NAME`
+    (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion), or for a file under
+    ci/experiments/ `bdbench run FILE` (a scenario) or `bdbench grid FILE --scenario NAME` (a grid)."""
     from .scenario import SHIPPED as SCENARIOS
     repo = repo or Path(__file__).resolve().parent.parent
     files = [(p, p.stem) for p in sorted(Path(str(SCENARIOS)).glob("*.yaml"))] + \
             [(p, p.stem) for p in sorted(SHIPPED.glob("*.yaml"))] + \
             [(p, p.relative_to(repo).as_posix()) for p in sorted((repo / "ci" / "experiments").glob("*.yaml"))]
-    out: dict = {}
+    out = []
     for p, ref in files:
         is_grid, scenarios = _quiet_load(p)
-        for s in scenarios:
-            cmd = f"bdbench grid {ref} --scenario {s.name}" if is_grid else f"bdbench run {ref}"
-            out.setdefault(s.sha256, cmd)
-            out.setdefault((s.name, s.version), cmd)
+        out += [(f"bdbench grid {ref} --scenario {s.name}" if is_grid else f"bdbench run {ref}", s) for s in scenarios]
+    return out
+
+
+def reproducers(repo: Optional[Path] = None) -> dict:
+    """known_scenarios' commands by scenario sha256, recipe hash and (name, version). The leaderboard prints these
+    beside each row; grid names and experiment files are what `bdbench run NAME` alone would not find. The first
+    file to name a scenario wins."""
+    out: dict = {}
+    for cmd, s in known_scenarios(repo):
+        for key in (s.sha256, s.recipe, (s.name, s.version)):
+            out.setdefault(key, cmd)
     return out
 
 

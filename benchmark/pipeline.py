@@ -427,7 +427,7 @@ class Runner:
         sc = self.scenario
         res = {
             "schema": RESULT_SCHEMA,
-            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256},
+            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256, "recipe": sc.recipe},
             **base,
             "defense": None if defense is None else {
                 "id": defense.id, "name": defense.name,

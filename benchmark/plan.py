@@ -185,7 +185,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
     finished cells is at hand, so a stage a finished file records (an attack's injection and transfer at a seed,
     a seed's clean transfer, shared by its attacks and controls) is not redone; a stage never timed in this
     scenario is counted in `unmeasured`, not guessed."""
-    from .grid import _ok, plan_tasks, task_files
+    from .grid import _ok, plan_tasks, same_scenario, task_files
     folder = Path(results) / f"{sc.name}-v{sc.version}"
     rows = []
     for f in folder.glob("*/*/seed-*.json"):
@@ -193,7 +193,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             r = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if r.get("status") == "ok" and (r.get("scenario") or {}).get("sha256") == sc.sha256:
+        if r.get("status") == "ok" and same_scenario(r, sc, registry):
             rows.append((f, r))
     hardware = Counter(hardware_label(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
     timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}

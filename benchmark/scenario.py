@@ -8,6 +8,7 @@ fine-tuning protocol; the defender's clean budget; the seeds. Shipped scenarios 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -202,6 +203,7 @@ class Scenario:
     description: str = ""
     file: Optional[str] = field(default=None, compare=False)
     sha256: Optional[str] = field(default=None, compare=False)
+    recipe: Optional[str] = field(default=None, compare=False)
 
     def check(self):
         if self.version < 1:
@@ -260,10 +262,22 @@ def load_scenario(name_or_path: str = "digits", registry=None) -> Scenario:
     return from_dict(data, path, hashlib.sha256(raw).hexdigest(), registry)
 
 
+# Keys that choose which cells a scenario has, not what any one cell computes (and its description).
+CELL_SET = ("attacks", "defenses", "seeds", "clean_seeds", "description")
+
+
+def recipe_hash(data: dict) -> str:
+    """sha256 of what a cell's numbers depend on: the scenario's settings without the keys in CELL_SET. Adding an
+    attack, a defense or a seed to a finished scenario changes its file's sha256 but not this, so its finished
+    cells stay valid; each cell records its own plugin's parameters and code, which are checked on their own."""
+    body = {k: v for k, v in data.items() if k not in CELL_SET}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def from_dict(data: dict, path: Path, sha256: str, registry=None) -> Scenario:
     """A scenario from its parsed YAML (`path` names it in errors and anchors relative data paths)."""
     sc = parse(Scenario, data, file=path)
-    sc.file, sc.sha256 = str(path), sha256
+    sc.file, sc.sha256, sc.recipe = str(path), sha256, recipe_hash(data)
     if registry is not None:
         for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
             for i, spec in enumerate(specs):

@@ -119,7 +119,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
     scenarios = []
     for (name, version), cs in results.by_scenario(cells).items():
         key = f"{name}-v{version}"
-        shas = {c["scenario"]["sha256"] for c in cs}
+        shas = {h for c in cs for h in (c["scenario"].get("sha256"), c["scenario"].get("recipe")) if h}
         exact = [runs[h] for h in sorted(shas) if h in runs]
         # the command that runs this scenario; 'changed' when only a file of the same name and version is here
         runner = {"command": exact[0] if exact else runs.get((name, version)), "changed": not exact}

@@ -61,7 +61,7 @@ def test_defended_scores_and_linf_record(digits_env):
 def test_result_file_has_provenance(digits_env):
     home, _, sc, *_ = digits_env
     r = json.loads(cell_path(home / "results", sc, "badnets", "finetune", 0).read_text())
-    assert r["scenario"] == {"name": "digits", "version": sc.version, "sha256": sc.sha256}
+    assert r["scenario"] == {"name": "digits", "version": sc.version, "sha256": sc.sha256, "recipe": sc.recipe}
     assert r["seed"] == 0 and r["status"] == "ok" and r["attack"]["params"]["size"] == 3
     assert set(r["wall_time_s"]) == {"upstream", "backdoor", "downstream_clean", "downstream", "defense"}
     assert all(isinstance(v, float) for v in r["wall_time_s"].values())
