@@ -176,12 +176,18 @@ class Task:
                                           None if self.seed is None else f"seed {self.seed}") if x is not None)
 
 
-def plan_tasks(scenarios: list[Scenario]) -> list[list[Task]]:
-    """Three phases: every phase's tasks are independent of each other and need the previous phase done."""
+def plan_tasks(scenarios: list[Scenario], registry=None) -> list[list[Task]]:
+    """Three phases: every phase's tasks are independent of each other and need the previous phase done. A null
+    attack's cells (one that plants nothing, e.g. no-poison: needs the registry to tell) are controls: they go
+    with the clean-upstream controls, once the attacks' cells have shown which defenses give a model score."""
+    def null(a):
+        return registry is not None and not registry.plugin_class("attack", a.name).plants_backdoor
     ups = [Task("upstream", s.name) for s in scenarios]
-    cells = [Task("cell", s.name, a.id, seed) for s in scenarios for a in s.attacks for seed in s.seeds]
+    cells = [Task("cell", s.name, a.id, seed) for s in scenarios for a in s.attacks for seed in s.seeds
+             if not null(a)]
     controls = [Task("controls", s.name, None, seed) for s in scenarios if s.defenses
-                for seed in (s.clean_seeds if s.clean_seeds is not None else s.seeds)]
+                for seed in (s.clean_seeds if s.clean_seeds is not None else s.seeds)] + \
+               [Task("cell", s.name, a.id, seed) for s in scenarios for a in s.attacks for seed in s.seeds if null(a)]
     return [ups, cells, controls]
 
 
@@ -238,19 +244,18 @@ def upstream_ready(sc: Scenario, registry, home: Path) -> bool:
 
 def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[Optional[str], Path]]:
     """(defense id, or None for the no-defense cell; result file) for every file a cell or controls task writes.
-    Data-position defenses have no cell under an attack that does not poison data; controls are written for the
-    defenses that gave a model score in a finished cell of the scenario."""
+    Data-position defenses have no cell under an attack that does not poison data; controls, and a null attack's
+    cells, are written for the defenses that gave a model score in a finished cell of the scenario."""
     from .pipeline import cell_path
+    folder = Path(results) / f"{sc.name}-v{sc.version}"
+    scoring = [d.id for d in sc.defenses if any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))]
     if task.kind == "cell":
-        spec = next(a for a in sc.attacks if a.id == task.attack)
-        poisons = registry.plugin_class("attack", spec.name).poisons_data
-        wanted = [None] + [d.id for d in sc.defenses
-                           if poisons or registry.plugin_class("defense", d.name).position != "data"]
+        cls = registry.plugin_class("attack", next(a for a in sc.attacks if a.id == task.attack).name)
+        wanted = [None] + (scoring if not cls.plants_backdoor else [
+            d.id for d in sc.defenses if cls.poisons_data or registry.plugin_class("defense", d.name).position != "data"])
         return [(d, cell_path(results, sc, task.attack, d, task.seed)) for d in wanted]
     if task.kind == "controls":
-        folder = Path(results) / f"{sc.name}-v{sc.version}"
-        return [(d.id, cell_path(results, sc, "clean-upstream", d.id, task.seed)) for d in sc.defenses
-                if any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))]
+        return [(d, cell_path(results, sc, "clean-upstream", d, task.seed)) for d in scoring]
     raise ValueError(f"a {task.kind} task writes no result file")
 
 
@@ -262,9 +267,8 @@ def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bo
 
 
 def _scored(f: Path) -> bool:
-    r = json.loads(f.read_text())
-    return not r.get("control") and r["status"] == "ok" and \
-        (r["metrics"].get("defense") or {}).get("model_score") is not None
+    from .results import gives_model_score
+    return gives_model_score(json.loads(f.read_text()))
 
 
 def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str = "local", workers: int = 1,
@@ -287,7 +291,7 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
     for s in scenarios:
         preflight(s, registry)  # fail now, not after the first clean upstream has trained
     by_name = {s.name: s for s in scenarios}
-    phases = plan_tasks(scenarios)
+    phases = plan_tasks(scenarios, registry)
     total = sum(len(p) for p in phases)
     base = {"grid": str(Path(grid_path).resolve() if Path(grid_path).exists() else grid_path), "only": only, "roots": [str(r) for r in registry.roots], "home": str(home),
             "results": str(results), "device": device, "isolate": isolate, "threads": threads}

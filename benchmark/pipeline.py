@@ -25,6 +25,7 @@ from .data import ImageSet, load as load_data, split
 from .errors import BenchError
 from .plugins import Attack, Context, Defense
 from .provenance import collect
+from .results import gives_model_score
 from .registry import Registry
 from .results import validate
 from .scenario import PluginSpec, Scenario
@@ -310,25 +311,22 @@ class Runner:
             for s in specs:
                 self.registry.resolve_params(kind, s.name, s.params, where=f"{sc.file}: {kind} '{s.id}'")
         cells = []
-        for attack in attacks:
+        null = [a for a in attacks if not self.registry.plugin_class("attack", a.name).plants_backdoor]
+        for attack in [a for a in attacks if a not in null] + null:  # null attacks are controls: after the others
             for seed in seeds:
-                cells += self._cells(attack, defenses, seed)
+                cells += self.cell(attack, seed, defenses)
         for seed in (sc.clean_seeds if sc.clean_seeds is not None else seeds):
             cells += self.controls(seed, defenses)
         return cells
 
     def scoring_defenses(self, defenses: list[PluginSpec]) -> list[PluginSpec]:
-        """The defenses that gave a model score in any finished cell of this scenario (read from the result
-        files, so a grid's separate tasks agree): they need clean-upstream controls."""
+        """The defenses that gave a model score in any finished cell of an attack that plants a backdoor in this
+        scenario (read from the result files, so a grid's separate tasks agree): they need controls."""
         sc, out = self.scenario, []
         folder = Path(self.results) / f"{sc.name}-v{sc.version}"
         for d in defenses:
-            for f in folder.glob(f"*/{d.id}/seed-*.json"):
-                r = json.loads(f.read_text())
-                if not r.get("control") and r["status"] == "ok" and \
-                        (r["metrics"].get("defense") or {}).get("model_score") is not None:
-                    out.append(d)
-                    break
+            if any(gives_model_score(json.loads(f.read_text())) for f in folder.glob(f"*/{d.id}/seed-*.json")):
+                out.append(d)
         return out
 
     def controls(self, seed: int, defenses: list[PluginSpec] | None = None) -> list[dict]:
@@ -356,8 +354,12 @@ class Runner:
         return out
 
     def cell(self, attack: PluginSpec, seed: int, defenses: list[PluginSpec] | None = None) -> list[dict]:
-        """One attack at one seed: its own cell and one per defense."""
-        return self._cells(attack, self.scenario.defenses if defenses is None else defenses, seed)
+        """One attack at one seed: its own cell and one per defense; a null attack (one that plants nothing) is a
+        control, defended only by the defenses that give a model score (see scoring_defenses)."""
+        defenses = self.scenario.defenses if defenses is None else defenses
+        if not self.registry.plugin_class("attack", attack.name).plants_backdoor:
+            defenses = self.scoring_defenses(defenses)
+        return self._cells(attack, defenses, seed)
 
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
         base = {"attack": {"id": attack.id, "name": attack.name, "info": None,

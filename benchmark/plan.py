@@ -226,7 +226,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             return True
         return False
     done = total = 0
-    _, cells, controls = plan_tasks([sc])
+    _, cells, controls = plan_tasks([sc], registry)
     if not rows:
         add("upstream")
     for task in cells + controls:

@@ -91,6 +91,13 @@ def is_control(c: dict) -> bool:
     return bool(c.get("control"))
 
 
+def gives_model_score(c: dict) -> bool:
+    """A finished cell of an attack that plants a backdoor, where the defense gave a model score: such a
+    defense needs the controls (clean-upstream and null-attack cells) that model-level detection compares with."""
+    return not is_control(c) and not c["attack"].get("null") and c["status"] == "ok" and \
+        ((c.get("metrics") or {}).get("defense") or {}).get("model_score") is not None
+
+
 def model_detection_rows(cells: list[dict]) -> list[dict]:
     """Model-level detection per defense that gives model scores: AUROC / AUPR / TPR at 5% FPR of its scores
     on the models transferred from backdoored upstreams (every attack x seed) against the negatives: models

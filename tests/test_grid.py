@@ -236,35 +236,44 @@ def test_a_changed_submission_has_its_cells_redone_and_nothing_else(tmp_path):
     assert r["attack"]["code"] == registry.code_hash("attack", "blended")
 
 
-def test_adding_an_attack_or_a_seed_keeps_the_finished_cells(registry, tmp_path):
+def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_control(registry, tmp_path):
     """A cell is finished for a scenario whose recipe (everything but the lists that choose the cells) and whose
-    statement of the cell's plugins are those the file records: adding an attack or a seed to the scenario file
-    runs only the new cells; changing a plugin's parameters or the recipe makes the affected cells unfinished."""
+    statement of the cell's plugins are those the file records: adding an attack to the scenario file runs only
+    its cells; changing a plugin's parameters or the recipe makes the affected cells unfinished. The added
+    no-poison attack plants nothing: a control, run with the controls and only by the defenses that gave a model
+    score (linf-pruning here, not finetune)."""
     f = tmp_path / "s.yaml"
-    base = yaml.safe_load((DATA / "tiny.yaml").read_text())
-    f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], "seeds": [0], "clean_seeds": [0]}))
+    base = {**yaml.safe_load((DATA / "tiny.yaml").read_text()), "seeds": [0], "clean_seeds": [0],
+            "defenses": ["linf-pruning", "finetune"]}
+    f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"]}))
     kw = dict(home=tmp_path / "home", results=tmp_path / "results", progress=False, log=lambda m: None,
               isolate=False, registry=registry)
     assert grid.run(f, **kw)["ran"] == 3  # upstream, the badnets cell, the control
-    cells = {p: p.read_bytes() for p in (tmp_path / "results").rglob("seed-*.json")}
+    folder = tmp_path / "results" / "tiny-v1"
+    cells = {p: p.read_bytes() for p in folder.rglob("seed-*.json")}
+    assert len(cells) == 4  # badnets: none, linf-pruning, finetune; the control: linf-pruning
     _, (before,) = grid.load_grid(f, registry)
-    f.write_text("# more cells\n" + yaml.safe_dump({**base, "attacks": ["badnets", "blended"], "seeds": [0],
-                                                    "clean_seeds": [0], "description": "two attacks now"}))
+    f.write_text("# a control\n" + yaml.safe_dump({**base, "attacks": ["badnets", "no-poison"],
+                                                   "description": "with a null attack"}))
     _, (after,) = grid.load_grid(f, registry)
     assert after.sha256 != before.sha256 and after.recipe == before.recipe
+    assert [[(t.kind, t.attack) for t in p] for p in grid.plan_tasks([after], registry)] == [
+        [("upstream", None)], [("cell", "badnets")], [("controls", None), ("cell", "no-poison")]]
     again = grid.run(f, **kw)
-    assert again["ran"] == 1 and again["failed_tasks"] == 0  # the blended cell only
+    assert again["ran"] == 1 and again["failed_tasks"] == 0  # the no-poison cell only
     assert all(p.read_bytes() == b for p, b in cells.items())
-    r = json.loads((tmp_path / "results" / "tiny-v1" / "blended" / "none" / "seed-0.json").read_text())
+    assert sorted(p.parent.name for p in (folder / "no-poison").rglob("seed-0.json")) == ["linf-pruning", "none"]
+    r = json.loads((folder / "no-poison" / "linf-pruning" / "seed-0.json").read_text())
     assert r["scenario"] == {"name": "tiny", "version": 1, "sha256": after.sha256, "recipe": after.recipe}
-    badnets = tmp_path / "results" / "tiny-v1" / "badnets" / "linf-pruning" / "seed-0.json"
-    control = tmp_path / "results" / "tiny-v1" / "clean-upstream" / "linf-pruning" / "seed-0.json"
+    assert r["attack"]["null"] and r["metrics"]["defense"]["model_score"] is not None
+    badnets, control = folder / "badnets" / "linf-pruning" / "seed-0.json", folder / "clean-upstream" / \
+        "linf-pruning" / "seed-0.json"
     assert grid._ok(badnets, after, registry) and grid._ok(control, after, registry)
     assert not grid._ok(badnets, after, None)  # the parameter check needs the registry: unsure is unfinished
     for change, stale in (({"attacks": [{"name": "badnets", "params": {"size": 4}}]}, [badnets]),
                           ({"defenses": [{"name": "linf-pruning", "params": {"threshold": 2.5}}]}, [badnets, control]),
                           ({"downstream": {**base["downstream"], "train": {**base["downstream"]["train"], "epochs": 2}}},
                            [badnets, control])):
-        f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], "seeds": [0], "clean_seeds": [0], **change}))
+        f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], **change}))
         _, (sc,) = grid.load_grid(f, registry)
         assert [p for p in (badnets, control) if not grid._ok(p, sc, registry)] == stale, change
