@@ -16,8 +16,8 @@ Each combination is a scenario of its own, named `<scenario>-<label>...`, versio
 scenarios with its label only, so adding one leaves every other scenario's hash, and so its results, as they were. A grid runs as tasks: the clean upstream of every
 scenario first (so parallel workers never train it twice), then one task per (scenario, attack, seed)
 with all its defenses, then the clean-upstream controls. Finished work is never redone: a task whose
-result files all exist (status ok, same scenario: see same_scenario) is skipped without loading anything, and every
-stage it would compute is cached in the content-addressed store (see store.py), so a killed grid
+result files all exist (status ok, same scenario: see same_scenario) is skipped without loading anything,
+and every stage it would compute is cached in the content-addressed store (see store.py), so a killed grid
 resumes where it stopped.
 """
 from __future__ import annotations
@@ -247,8 +247,8 @@ def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[
     Data-position defenses have no cell under an attack that does not poison data; controls, and a null attack's
     cells, are written for the defenses that gave a model score in a finished cell of the scenario."""
     from .pipeline import cell_path
-    folder = Path(results) / f"{sc.name}-v{sc.version}"
-    scoring = [d.id for d in sc.defenses if any(_scored(f) for f in folder.glob(f"*/{d.id}/seed-*.json"))]
+    from .results import scoring_defenses
+    scoring = scoring_defenses(Path(results) / f"{sc.name}-v{sc.version}", [d.id for d in sc.defenses])
     if task.kind == "cell":
         cls = registry.plugin_class("attack", next(a for a in sc.attacks if a.id == task.attack).name)
         wanted = [None] + (scoring if not cls.plants_backdoor else [
@@ -264,11 +264,6 @@ def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bo
     if task.kind == "upstream":
         return upstream_ready(sc, registry, home)
     return all(_ok(p, sc, registry) for _, p in task_files(task, sc, results, registry))
-
-
-def _scored(f: Path) -> bool:
-    from .results import gives_model_score
-    return gives_model_score(json.loads(f.read_text()))
 
 
 def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str = "local", workers: int = 1,

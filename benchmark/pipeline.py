@@ -25,9 +25,8 @@ from .data import ImageSet, load as load_data, split
 from .errors import BenchError
 from .plugins import Attack, Context, Defense
 from .provenance import collect
-from .results import gives_model_score
 from .registry import Registry
-from .results import validate
+from .results import scoring_defenses, validate
 from .scenario import PluginSpec, Scenario
 from .store import Artifact, Store
 from .zoo import Checkpoint, Zoo
@@ -320,14 +319,11 @@ class Runner:
         return cells
 
     def scoring_defenses(self, defenses: list[PluginSpec]) -> list[PluginSpec]:
-        """The defenses that gave a model score in any finished cell of an attack that plants a backdoor in this
-        scenario (read from the result files, so a grid's separate tasks agree): they need controls."""
-        sc, out = self.scenario, []
-        folder = Path(self.results) / f"{sc.name}-v{sc.version}"
-        for d in defenses:
-            if any(gives_model_score(json.loads(f.read_text())) for f in folder.glob(f"*/{d.id}/seed-*.json")):
-                out.append(d)
-        return out
+        """The defenses that gave a model score in this scenario's results (results.scoring_defenses): they need
+        controls."""
+        ids = scoring_defenses(Path(self.results) / f"{self.scenario.name}-v{self.scenario.version}",
+                               [d.id for d in defenses])
+        return [d for d in defenses if d.id in ids]
 
     def controls(self, seed: int, defenses: list[PluginSpec] | None = None) -> list[dict]:
         defenses = self.scoring_defenses(self.scenario.defenses if defenses is None else defenses)

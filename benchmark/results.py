@@ -98,6 +98,13 @@ def gives_model_score(c: dict) -> bool:
         ((c.get("metrics") or {}).get("defense") or {}).get("model_score") is not None
 
 
+def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
+    """Those of `defense_ids` that gave a model score (gives_model_score) in a result file of a scenario's results
+    `folder`: read from the files, so a grid's separate tasks agree on which controls to run."""
+    return [d for d in defense_ids
+            if any(gives_model_score(json.loads(f.read_text())) for f in Path(folder).glob(f"*/{d}/seed-*.json"))]
+
+
 def model_detection_rows(cells: list[dict]) -> list[dict]:
     """Model-level detection per defense that gives model scores: AUROC / AUPR / TPR at 5% FPR of its scores
     on the models transferred from backdoored upstreams (every attack x seed) against the negatives: models
