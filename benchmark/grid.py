@@ -248,14 +248,15 @@ def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[
     cells, are written for the defenses that gave a model score in a finished cell of the scenario."""
     from .pipeline import cell_path
     from .results import scoring_defenses
-    scoring = scoring_defenses(Path(results) / f"{sc.name}-v{sc.version}", [d.id for d in sc.defenses])
+    def scoring():  # read from the result files: only for the tasks that need it
+        return scoring_defenses(Path(results) / f"{sc.name}-v{sc.version}", [d.id for d in sc.defenses])
     if task.kind == "cell":
         cls = registry.plugin_class("attack", next(a for a in sc.attacks if a.id == task.attack).name)
-        wanted = [None] + (scoring if not cls.plants_backdoor else [
+        wanted = [None] + (scoring() if not cls.plants_backdoor else [
             d.id for d in sc.defenses if cls.poisons_data or registry.plugin_class("defense", d.name).position != "data"])
         return [(d, cell_path(results, sc, task.attack, d, task.seed)) for d in wanted]
     if task.kind == "controls":
-        return [(d, cell_path(results, sc, "clean-upstream", d, task.seed)) for d in scoring]
+        return [(d, cell_path(results, sc, "clean-upstream", d, task.seed)) for d in scoring()]
     raise ValueError(f"a {task.kind} task writes no result file")
 
 
