@@ -435,6 +435,8 @@ class Runner:
             "metrics": scores,
             "info": info,
             "artifacts": {k: v.key for k, v in stages.items()},
+            # the weights behind each key: a stage retrained elsewhere (other hardware) keeps its key, not its sha
+            "weights": {k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model},
             "wall_time_s": {k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
             "provenance": collect(self.device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -459,8 +461,9 @@ class Runner:
 
 def _unchanged(path: Path, res: dict) -> Optional[dict]:
     """The result already at `path` when it is the same finished cell: status ok, same scenario hash, same
-    artifacts (so the same stages computed its numbers) and the same metrics and info. Rewriting it would only
-    replace the provenance of the code that computed those stages with that of the code that re-read them."""
+    artifacts (so the same stages computed its numbers), the same weights (where the file records them) and the
+    same metrics and info. Rewriting it would only replace the provenance of the code that computed those stages
+    with that of the code that re-read them."""
     if res["status"] != "ok" or not path.is_file():
         return None
     try:
@@ -469,7 +472,7 @@ def _unchanged(path: Path, res: dict) -> Optional[dict]:
         return None
     same = all(old.get(k) == res.get(k) for k in ("status", "scenario", "attack", "defense", "seed", "artifacts",
                                                   "metrics", "info", "control"))
-    return old if same else None
+    return old if same and old.get("weights", res["weights"]) == res["weights"] else None
 
 
 def _score(v) -> Optional[float]:

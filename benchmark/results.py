@@ -229,3 +229,15 @@ def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
     for c in cells:
         out[scenario_key(c)].append(c)
     return dict(sorted(out.items()))
+
+
+def retrained(cells: list[dict]) -> dict[str, int]:
+    """Stage keys that name more than one set of weights among these cells, as {key: how many}: the same stage
+    (same inputs, so the same key) trained again, e.g. on other hardware, where training is not bit-identical.
+    Their cells compare models that share a recipe but not weights. Cells written before weights were recorded
+    say nothing and are left out."""
+    seen = defaultdict(set)
+    for c in cells:
+        for stage, sha in (c.get("weights") or {}).items():
+            seen[c["artifacts"][stage]].add(sha)
+    return {k: len(v) for k, v in sorted(seen.items()) if len(v) > 1}

@@ -145,6 +145,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
                           "commits": sorted({_code(c["provenance"]["git"]) for c in cs}),
+                          "retrained": results.retrained(cs),
                           "hardware": sorted(Counter(hardware_label(c) for c in cs).items())})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON

@@ -319,3 +319,27 @@ def test_hardware_label_names_the_gpu_or_the_cpu():
     assert hardware_label(gpu) == "NVIDIA H200, 16 cores"
     assert hardware_label({"provenance": {"hardware": {"device": "cpu", "cpu_count": 2}}}) == "cpu, 2 cores"
     assert hardware_label({}) == "?, ? cores"
+
+
+def test_a_stage_retrained_with_other_weights_is_named_on_the_site(results_dir, tmp_path):
+    """Cells whose shared stage (same key) names different weights, e.g. a clean upstream trained once on a GPU and
+    again on a CPU, compare models that share a recipe but not weights: the scenario's section says so."""
+    cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
+    assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
+    up = cells[0]["artifacts"]["upstream"]
+    moved = tmp_path / "results"
+    shutil.copytree(results_dir, moved)
+    p = moved / "digits-v1/badnets/finetune/seed-0.json"
+    r = json.loads(p.read_text())
+    r["weights"]["upstream"] = "0" * 64
+    p.write_text(json.dumps(r))
+    old = moved / "digits-v1/badnets/none/seed-0.json"  # a file from before weights were recorded says nothing
+    r = json.loads(old.read_text())
+    del r["weights"]
+    old.write_text(json.dumps(r))
+    assert results.retrained([c for c in results.load(moved) if c["scenario"]["version"] == 1]) == {up: 2}
+    site.build(moved, tmp_path / "site")
+    section = (tmp_path / "site/index.html").read_text().split("Scenario digits v1")[1].split("<h3>")[0]
+    assert "trained more than once" in section and f"<code>{up}</code> (2 versions)" in section
+    site.build(results_dir, tmp_path / "same")
+    assert "trained more than once" not in (tmp_path / "same/index.html").read_text()

@@ -8,6 +8,7 @@ import pytest
 from benchmark import provenance
 from benchmark.pipeline import cell_path
 from benchmark.scenario import PluginSpec
+from benchmark.store import file_sha256
 
 from .conftest import Run
 
@@ -67,6 +68,12 @@ def test_result_file_has_provenance(digits_env):
     assert all(isinstance(v, float) for v in r["wall_time_s"].values())
     prov = r["provenance"]
     assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
+    # each stage's key with the sha256 of the weights stored under it (a stage retrained elsewhere keeps its key)
+    assert set(r["weights"]) == {"upstream", "backdoor", "downstream_clean", "downstream", "defense"}
+    for stage, sha in r["weights"].items():
+        folder = next((home / "store").glob(f"*/{r['artifacts'][stage]}"))
+        assert sha == json.loads((folder / "meta.json").read_text())["model"]["sha256"]
+        assert sha == file_sha256(folder / "model.safetensors")
 
 
 def test_a_result_that_breaks_the_schema_is_refused_before_it_is_written(digits_env, monkeypatch):
@@ -164,7 +171,20 @@ def test_adding_a_defense_leaves_finished_result_files_untouched(digits_env, tmp
     r = json.loads(files[None].read_text())
     r["metrics"]["transfer"]["backdoored"]["asr"] = 0.5  # a stale number from older code: must be replaced
     files[None].write_text(json.dumps(r))
-    again = Run(tmp_path, registry, sc, ["finetune", "linf-pruning"])
+    # the same numbers from other weights behind the same keys (retrained elsewhere): the file must name the new ones
+    other = {d: cell_path(tmp_path / "results", sc, "badnets", d, 0) for d in ("linf-pruning", "corner")}
+    Run(tmp_path, registry, sc, ["linf-pruning", "corner"])
+    o = json.loads(other["linf-pruning"].read_text())
+    o["weights"]["upstream"] = "0" * 64
+    other["linf-pruning"].write_text(json.dumps(o, indent=1, sort_keys=True))
+    o = json.loads(other["corner"].read_text())
+    del o["weights"]  # written before weights were recorded: nothing says they differ, so it is kept
+    other["corner"].write_text(json.dumps(o, indent=1, sort_keys=True))
+    kept = other["corner"].read_bytes()
+    again = Run(tmp_path, registry, sc, ["finetune", "linf-pruning", "corner"])
+    assert json.loads(other["linf-pruning"].read_text())["weights"] == again.cell(None)["weights"] | {
+        "defense": again.cell("linf-pruning")["weights"]["defense"]}
+    assert other["corner"].read_bytes() == kept
     assert (files["finetune"].stat().st_mtime_ns, files["finetune"].read_bytes()) == stamp["finetune"]
     assert json.loads(files[None].read_text())["metrics"] == json.loads(stamp[None][1])["metrics"]  # rewritten
     assert again.cell("finetune")["finished"] == json.loads(stamp["finetune"][1])["finished"]
