@@ -170,6 +170,7 @@ class Progress:
     unmeasured: int      # stages left that no finished result of this scenario has timed
     hardware: str        # where the timings were measured (the most common, from the files' provenance)
     controls_known: bool  # every defense has a finished cell, so which ones need clean-upstream controls is known
+    spent: float = 0.0   # measured wall time of the finished files' stages, each distinct artifact once
 
     @property
     def lower_bound(self) -> bool:
@@ -197,10 +198,12 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
             rows.append((f, r))
     hardware = Counter(hardware_label(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
     timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
+    spent: dict = {}  # (stage, artifact key) -> seconds, on any hardware
     cached = set()    # ("backdoor", attack id, seed) and ("clean", seed): stages the store holds
     for f, r in rows:
         attack, defense = (r.get("attack") or {}).get("id"), (r.get("defense") or {}).get("id")
         wall = r.get("wall_time_s") or {}
+        spent.update({(stage, (r.get("artifacts") or {}).get(stage, f"{f}:{stage}")): secs for stage, secs in wall.items()})
         if "backdoor" in wall and "downstream" in wall:
             cached.add(("backdoor", attack, r.get("seed")))
         if "downstream_clean" in wall:
@@ -244,7 +247,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
                 add("defense", d)
     defended = {(r.get("defense") or {}).get("id") for _, r in rows if not r.get("control")}
     return Progress(sc, done, total, left["seconds"], left["unmeasured"], hardware,
-                    all(d.id in defended for d in sc.defenses))
+                    all(d.id in defended for d in sc.defenses), sum(spent.values()))
 
 
 def print_progress(scenarios: list[Scenario], results: Path, registry, console=None) -> list[Progress]:
@@ -253,14 +256,16 @@ def print_progress(scenarios: list[Scenario], results: Path, registry, console=N
     console = console or Console(width=160)
     t = Table(title=f"progress in {results} (time left at the stage times its finished files measured)",
               title_justify="left")
-    for col in ("scenario", "results done", "measured on", "hours left", "stages never timed"):
+    for col in ("scenario", "results done", "measured on", "hours spent", "hours left", "stages never timed"):
         t.add_column(col, justify="left" if col in ("scenario", "measured on") else "right")
     out = [progress(sc, results, registry) for sc in scenarios]
     for p in out:
-        t.add_row(p.scenario.name, f"{p.done} / {p.total}", p.hardware,
+        t.add_row(p.scenario.name, f"{p.done} / {p.total}", p.hardware, f"{p.spent / 3600:.1f}",
                   f"{'>= ' if p.lower_bound else ''}{p.seconds / 3600:.1f}", str(p.unmeasured))
     console.print(t)
-    console.print(f"{sum(p.done for p in out)} of {sum(p.total for p in out)} result files finished; about "
+    console.print(f"{sum(p.done for p in out)} of {sum(p.total for p in out)} result files finished, whose stages took "
+                  f"{sum(p.spent for p in out) / 3600:.1f} hours (each stage once, as its files recorded it, on "
+                  "whatever hardware ran it; evaluation not included); about "
                   f"{sum(p.seconds for p in out) / 3600:.1f} hours left on the hardware that measured them, plus "
                   f"{sum(p.unmeasured for p in out)} stages never timed; '>=' also where a defense has no finished "
                   "cell yet (controls are counted for the defenses that gave a model score so far).", style="dim")

@@ -137,6 +137,12 @@ def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(regist
     full = progress(sc, results, registry)
     assert (full.done, full.total, full.seconds, full.unmeasured) == (6, 6, 0.0, 0)  # 2 cells x 2, 2 controls
     assert full.controls_known and not full.lower_bound
+    # spent: each distinct artifact's time once (one upstream shared by 6 files, one clean transfer per seed, ...)
+    files = [json.loads(p.read_text()) for p in (results / "tiny-v1").glob("*/*/seed-*.json")]
+    stages = {(s, r["artifacts"][s]): t for r in files for s, t in r["wall_time_s"].items()}
+    assert len({k for (s, k) in stages if s == "upstream"}) == 1 and empty.spent == 0
+    assert full.spent == pytest.approx(sum(stages.values()))
+    assert full.spent < sum(sum(r["wall_time_s"].values()) for r in files)
     dev = pick("auto")  # the device the run chose: a GPU by name where present
     assert full.hardware.startswith((torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu") + ", ")
     folder = results / "tiny-v1"
