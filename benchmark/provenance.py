@@ -49,9 +49,23 @@ def packages() -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def hardware(device: torch.device) -> dict:
+    """The machine, with what makes CPU numbers differ between machines: the CPU model and the vector instruction
+    set torch's kernels use (AVX2, AVX512, ...), which changes their floating-point order."""
     hw = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+          "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     return hw

@@ -232,12 +232,20 @@ def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
 
 
 def retrained(cells: list[dict]) -> dict[str, int]:
-    """Stage keys that name more than one set of weights among these cells, as {key: how many}: the same stage
-    (same inputs, so the same key) trained again, e.g. on other hardware, where training is not bit-identical.
-    Their cells compare models that share a recipe but not weights. Cells written before weights were recorded
-    say nothing and are left out."""
-    seen = defaultdict(set)
+    """Stage keys built more than once among these cells, as {key: how many builds}. A key names a stage's inputs,
+    so one key means one recipe, but a stage built again (on another machine, or after its store was lost) need not
+    give the same weights: training is not bit-identical across CPUs or GPUs. A build is told by the wall time its
+    files copy from the stage's record (measured once, when it was built); builds whose files all name the same
+    weights (sha256) are the same model and are not counted."""
+    builds = defaultdict(lambda: defaultdict(set))  # key -> wall time -> weights sha256 recorded
     for c in cells:
-        for stage, sha in (c.get("weights") or {}).items():
-            seen[c["artifacts"][stage]].add(sha)
-    return {k: len(v) for k, v in sorted(seen.items()) if len(v) > 1}
+        for stage, key in (c.get("artifacts") or {}).items():
+            sha = (c.get("weights") or {}).get(stage)
+            builds[key][(c.get("wall_time_s") or {}).get(stage)].update([sha] if sha else [])
+    out = {}
+    for key, by_time in sorted(builds.items()):
+        shas = set().union(*by_time.values())
+        same = len(shas) == 1 and all(by_time.values())  # every build names the same weights
+        if (len(by_time) > 1 and not same) or len(shas) > 1:
+            out[key] = max(len(by_time), len(shas))
+    return out

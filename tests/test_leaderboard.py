@@ -321,25 +321,36 @@ def test_hardware_label_names_the_gpu_or_the_cpu():
     assert hardware_label({}) == "?, ? cores"
 
 
-def test_a_stage_retrained_with_other_weights_is_named_on_the_site(results_dir, tmp_path):
-    """Cells whose shared stage (same key) names different weights, e.g. a clean upstream trained once on a GPU and
-    again on a CPU, compare models that share a recipe but not weights: the scenario's section says so."""
+def test_a_stage_built_twice_is_named_on_the_site(results_dir, tmp_path):
+    """Cells sharing a stage key built twice (a clean upstream trained on one machine, then again on another after
+    its store was lost) compare models that share a recipe but not necessarily weights: the scenario says so. A
+    build is told by its weights' sha256, or, in files from before weights were recorded, by its wall time."""
     cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
     assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
     up = cells[0]["artifacts"]["upstream"]
+
+    def edit(cells, name, change):
+        c = copy.deepcopy(next(c for c in cells if c["_path"].endswith(name)))
+        change(c)
+        return [c if x["_path"].endswith(name) else x for x in cells]
+    other_weights = edit(cells, "finetune/seed-0.json", lambda c: c["weights"].update(upstream="0" * 64))
+    assert results.retrained(other_weights) == {up: 2}
+    def older_build(c):  # no weights recorded, another wall time: another build
+        del c["weights"]
+        c["wall_time_s"]["upstream"] += 1
+    assert results.retrained(edit(cells, "finetune/seed-0.json", older_build)) == {up: 2}
+    same = edit(cells, "finetune/seed-0.json", lambda c: c["wall_time_s"].update(upstream=1.0))
+    assert results.retrained(same) == {}  # built twice, to the same weights: one model
+    assert results.retrained(edit(cells, "none/seed-0.json", lambda c: c.pop("weights"))) == {}
+
     moved = tmp_path / "results"
     shutil.copytree(results_dir, moved)
     p = moved / "digits-v1/badnets/finetune/seed-0.json"
     r = json.loads(p.read_text())
-    r["weights"]["upstream"] = "0" * 64
+    older_build(r)
     p.write_text(json.dumps(r))
-    old = moved / "digits-v1/badnets/none/seed-0.json"  # a file from before weights were recorded says nothing
-    r = json.loads(old.read_text())
-    del r["weights"]
-    old.write_text(json.dumps(r))
-    assert results.retrained([c for c in results.load(moved) if c["scenario"]["version"] == 1]) == {up: 2}
     site.build(moved, tmp_path / "site")
     section = (tmp_path / "site/index.html").read_text().split("Scenario digits v1")[1].split("<h3>")[0]
-    assert "trained more than once" in section and f"<code>{up}</code> (2 versions)" in section
+    assert "built more than once" in section and f"<code>{up}</code> (2 builds)" in section
     site.build(results_dir, tmp_path / "same")
-    assert "trained more than once" not in (tmp_path / "same/index.html").read_text()
+    assert "built more than once" not in (tmp_path / "same/index.html").read_text()

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmark import provenance
 from benchmark.pipeline import cell_path
@@ -68,6 +69,8 @@ def test_result_file_has_provenance(digits_env):
     assert all(isinstance(v, float) for v in r["wall_time_s"].values())
     prov = r["provenance"]
     assert prov["packages"]["torch"] and prov["hardware"]["device"] == "cpu" and "commit" in prov["git"]
+    # CPU numbers differ between machines by their kernels' instruction set: say which ran
+    assert prov["hardware"]["cpu"] and prov["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # each stage's key with the sha256 of the weights stored under it (a stage retrained elsewhere keeps its key)
     assert set(r["weights"]) == {"upstream", "backdoor", "downstream_clean", "downstream", "defense"}
     for stage, sha in r["weights"].items():
