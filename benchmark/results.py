@@ -231,21 +231,27 @@ def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return dict(sorted(out.items()))
 
 
+# where a result file gives the clean accuracy of each stage's model: a function of its weights alone (an ASR
+# also depends on the cell's attack)
+STAGE_CA = {"upstream": ("upstream", "clean"), "backdoor": ("upstream", "backdoored"),
+            "downstream_clean": ("transfer", "clean"), "downstream": ("transfer", "backdoored"), "defense": ("defense",)}
+
+
 def retrained(cells: list[dict]) -> dict[str, int]:
-    """Stage keys built more than once among these cells, as {key: how many builds}. A key names a stage's inputs,
-    so one key means one recipe, but a stage built again (on another machine, or after its store was lost) need not
-    give the same weights: training is not bit-identical across CPUs or GPUs. A build is told by the wall time its
-    files copy from the stage's record (measured once, when it was built); builds whose files all name the same
-    weights (sha256) are the same model and are not counted."""
-    builds = defaultdict(lambda: defaultdict(set))  # key -> wall time -> weights sha256 recorded
+    """Stage keys whose model differs between these cells, as {key: how many versions}. A key names a stage's
+    inputs, so one key is one recipe; but a stage built again (on another machine, or after its store was lost)
+    need not give the same weights: training is not bit-identical across CPUs or GPUs. Two versions differ when
+    their files name different weights (sha256, recorded since 2026-11-28) or give the stage's model a different
+    clean accuracy (older files)."""
+    seen = defaultdict(lambda: (set(), set()))  # key -> (weights sha256s, clean accuracies of the stage's model)
     for c in cells:
         for stage, key in (c.get("artifacts") or {}).items():
-            sha = (c.get("weights") or {}).get(stage)
-            builds[key][(c.get("wall_time_s") or {}).get(stage)].update([sha] if sha else [])
-    out = {}
-    for key, by_time in sorted(builds.items()):
-        shas = set().union(*by_time.values())
-        same = len(shas) == 1 and all(by_time.values())  # every build names the same weights
-        if (len(by_time) > 1 and not same) or len(shas) > 1:
-            out[key] = max(len(by_time), len(shas))
-    return out
+            shas, cas = seen[key]
+            if (c.get("weights") or {}).get(stage):
+                shas.add(c["weights"][stage])
+            m = c.get("metrics")
+            for k in (*STAGE_CA.get(stage, ("-",)), "ca"):
+                m = m.get(k) if isinstance(m, dict) else None
+            if m is not None:
+                cas.add(m)
+    return {k: max(len(a), len(b)) for k, (a, b) in sorted(seen.items()) if max(len(a), len(b)) > 1}

@@ -321,10 +321,10 @@ def test_hardware_label_names_the_gpu_or_the_cpu():
     assert hardware_label({}) == "?, ? cores"
 
 
-def test_a_stage_built_twice_is_named_on_the_site(results_dir, tmp_path):
-    """Cells sharing a stage key built twice (a clean upstream trained on one machine, then again on another after
-    its store was lost) compare models that share a recipe but not necessarily weights: the scenario says so. A
-    build is told by its weights' sha256, or, in files from before weights were recorded, by its wall time."""
+def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_path):
+    """Cells sharing a stage key built twice into different models (a clean upstream trained on one machine, then
+    again on another after its store was lost) share a recipe, not a model: the scenario says so. Versions differ
+    by their weights' sha256, or, in files from before weights were recorded, by the scores of the stage's model."""
     cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
     assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
     up = cells[0]["artifacts"]["upstream"]
@@ -333,14 +333,15 @@ def test_a_stage_built_twice_is_named_on_the_site(results_dir, tmp_path):
         c = copy.deepcopy(next(c for c in cells if c["_path"].endswith(name)))
         change(c)
         return [c if x["_path"].endswith(name) else x for x in cells]
-    other_weights = edit(cells, "finetune/seed-0.json", lambda c: c["weights"].update(upstream="0" * 64))
-    assert results.retrained(other_weights) == {up: 2}
-    def older_build(c):  # no weights recorded, another wall time: another build
+    assert results.retrained(edit(cells, "finetune/seed-0.json", lambda c: c["weights"].update(upstream="0" * 64))) \
+        == {up: 2}
+
+    def older_build(c):  # no weights recorded; the upstream's clean accuracy differs: another model
         del c["weights"]
-        c["wall_time_s"]["upstream"] += 1
+        c["metrics"]["upstream"]["clean"]["ca"] -= 0.01
     assert results.retrained(edit(cells, "finetune/seed-0.json", older_build)) == {up: 2}
-    same = edit(cells, "finetune/seed-0.json", lambda c: c["wall_time_s"].update(upstream=1.0))
-    assert results.retrained(same) == {}  # built twice, to the same weights: one model
+    rebuilt = edit(cells, "finetune/seed-0.json", lambda c: c["wall_time_s"].update(upstream=1.0))
+    assert results.retrained(rebuilt) == {}  # built twice (another wall time) into the same weights: one model
     assert results.retrained(edit(cells, "none/seed-0.json", lambda c: c.pop("weights"))) == {}
 
     moved = tmp_path / "results"
@@ -351,6 +352,6 @@ def test_a_stage_built_twice_is_named_on_the_site(results_dir, tmp_path):
     p.write_text(json.dumps(r))
     site.build(moved, tmp_path / "site")
     section = (tmp_path / "site/index.html").read_text().split("Scenario digits v1")[1].split("<h3>")[0]
-    assert "built more than once" in section and f"<code>{up}</code> (2 builds)" in section
+    assert "Some stages differ between cells" in section and f"<code>{up}</code> (2 versions)" in section
     site.build(results_dir, tmp_path / "same")
-    assert "built more than once" not in (tmp_path / "same/index.html").read_text()
+    assert "Some stages differ" not in (tmp_path / "same/index.html").read_text()
