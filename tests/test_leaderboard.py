@@ -324,7 +324,7 @@ def test_hardware_label_names_the_gpu_or_the_cpu():
 def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_path):
     """Cells sharing a stage key built twice into different models (a clean upstream trained on one machine, then
     again on another after its store was lost) share a recipe, not a model: the scenario says so. Versions differ
-    by their weights' sha256, or, in files from before weights were recorded, by the scores of the stage's model."""
+    by their weights' sha256, or, in files from before weights were recorded, by the clean accuracy of the stage's model."""
     cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
     assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
     up = cells[0]["artifacts"]["upstream"]
