@@ -203,7 +203,8 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
     for f, r in rows:
         attack, defense = (r.get("attack") or {}).get("id"), (r.get("defense") or {}).get("id")
         wall = r.get("wall_time_s") or {}
-        spent.update({(stage, (r.get("artifacts") or {}).get(stage, f"{f}:{stage}")): secs for stage, secs in wall.items()})
+        artifact = {stage: (r.get("artifacts") or {}).get(stage, f"{f}:{stage}") for stage in wall}
+        spent.update({(stage, artifact[stage]): secs for stage, secs in wall.items()})
         if "backdoor" in wall and "downstream" in wall:
             cached.add(("backdoor", attack, r.get("seed")))
         if "downstream_clean" in wall:
@@ -211,9 +212,8 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
         if hardware_label(r) != hardware:
             continue
         for stage, secs in wall.items():
-            artifact = (r.get("artifacts") or {}).get(stage, f"{f}:{stage}")
             key = {"backdoor": attack, "defense": defense}.get(stage)
-            timed.setdefault(("downstream" if stage == "downstream_clean" else stage, key), {})[artifact] = secs
+            timed.setdefault(("downstream" if stage == "downstream_clean" else stage, key), {})[artifact[stage]] = secs
     med = {k: median(v.values()) for k, v in timed.items()}
     left = {"seconds": 0.0, "unmeasured": 0}
 
