@@ -5,6 +5,8 @@
 #     --seeds 0 1 2 --workers 6 --threads 2
 # DATA: a folder holding the datasets of ../shared/datasets (linked there when that is absent: scenarios name
 # their data relative to the repository). Results: $OUT/results.tgz (a results/ folder); log: $OUT/grid.log.
+# The run resumes from the committed leaderboard/results (copied into its results folder first), so it redoes no
+# finished task; FRESH=1 starts from an empty folder instead.
 # Exits with the grid's status (124: the time limit). DEVICE=cpu tries it without a GPU. Needs the package
 # importable (pip install -e . --no-deps where torch is already there).
 set -u
@@ -18,6 +20,7 @@ if [ ! -e ../shared/datasets ]; then
 fi
 echo "git $(git rev-parse --short HEAD 2>/dev/null), changed: $(git diff HEAD --name-only 2>/dev/null | tr '\n' ' ')"
 work=${WORK:-/tmp/bdwork}; out=${OUT:-/tmp/bdbench-gpu-grid}; mkdir -p "$work/results" "$out"
+[ -n "${FRESH:-}" ] || [ ! -d leaderboard/results ] || cp -rn leaderboard/results/. "$work/results/"
 archive() { local tmp; tmp=$(mktemp "$out/.results.XXXXXX") && tar czf "$tmp" -C "$work" results && mv "$tmp" "$out/results.tgz"; }
 ( while [ ! -e "$work/.stop" ]; do sleep 20; archive; done ) & loop=$!
 s=$SECONDS
