@@ -144,7 +144,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
-                          "commits": sorted({_code(c["provenance"]["git"]) for c in cs}),
+                          "commits": sorted(Counter(_code(c["provenance"]["git"]) for c in cs).items()),
                           "retrained": results.retrained(cs),
                           "hardware": sorted(Counter(hardware_label(c) for c in cs).items())})
 

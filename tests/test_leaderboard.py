@@ -1,6 +1,7 @@
 """Result schema, the static site (escaping, determinism, a real browser), compare and validate."""
 import copy
 import hashlib
+import html
 import json
 import os
 import re
@@ -349,9 +350,15 @@ def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_
     p = moved / "digits-v1/badnets/finetune/seed-0.json"
     r = json.loads(p.read_text())
     older_build(r)
+    r["provenance"]["git"] = {"commit": "b" * 40, "dirty": True, "changed": ["x.py"]}
     p.write_text(json.dumps(r))
     site.build(moved, tmp_path / "site")
     section = (tmp_path / "site/index.html").read_text().split("Scenario digits v1")[1].split("<h3>")[0]
     assert "Some stages differ between cells" in section and f"<code>{up}</code> (2 versions)" in section
+    # each code version the cells ran is named with how many cells it computed
+    n = len([c for c in cells if c["_path"].startswith("digits-v1/")])
+    code = site._code(cells[0]["provenance"]["git"])
+    assert f"<code>bbbbbbbbbbbb + changes to x.py</code> (1 cell)" in section
+    assert f"<code>{html.escape(code)}</code> ({n - 1} cells)" in section
     site.build(results_dir, tmp_path / "same")
     assert "Some stages differ" not in (tmp_path / "same/index.html").read_text()
