@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .metrics import mean_ci
@@ -103,14 +104,23 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
     for col in ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",
                 "baseline", "lift", "seeds"):
         t.add_column(col, justify="left" if col in ("scenario", "attack") else "right", no_wrap=True)
+    notes = []
     for r in h["rows"]:
+        builds = r["builds"]
+        build_of = {a: f" [{i + 1}]" for i, b in enumerate(builds) for a in b["attacks"]} if len(builds) > 1 else {}
+        if build_of:
+            notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: " + "; ".join(
+                f"[{i + 1}] on {b['hardware']}" for i, b in enumerate(builds)))
         for i, (a, e) in enumerate(sorted(r["entries"].items())):
             first = i == 0
-            t.add_row(r["key"] if first else "", fmt(r["ca_upstream"].values) if first else "",
-                      fmt(r["ca_transfer"].values) if first else "", a,
+            t.add_row(r["key"] if first else "", " / ".join(fmt([b["ca_upstream"]]) for b in builds) if first else "",
+                      " / ".join(fmt(b["ca_transfer"].values) for b in builds) if first else "", escape(a + build_of.get(a, "")),
                       *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline")],
                       fmt(e["lift"].values) if e["implanted"] else f"({fmt(e['lift'].values)}) not implanted",
                       str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
     console.print(t)
+    for n in notes:
+        console.print(escape(n + " (the same recipe built again gives another model; [n] after an attack: the build "
+                             "its cells used, whose clean baseline its lift is paired with)"), style="dim")
     console.print(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
                   "planted its backdoor upstream and the lift says nothing about surviving transfer.", style="dim")

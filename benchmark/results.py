@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from .errors import BenchError
 from .metrics import mean_ci, model_detection
+from .provenance import hardware_label
 
 SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
 
@@ -182,7 +183,7 @@ def headline(cells: list[dict]) -> dict:
     attacks = sorted({a for row in table.values() for a in row})
     rows = []
     for (name, version), by_attack in sorted(table.items()):
-        per_seed = {c["seed"]: c["metrics"] for cs in by_attack.values() for c in cs}
+        builds = upstream_builds([c for cs in by_attack.values() for c in cs])
         entries = {a: {"asr_upstream": _stats(cs, lambda c: c["metrics"]["upstream"]["backdoored"]["asr"]),
                        "asr_transfer": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]),
                        "asr_baseline": _stats(cs, lambda c: c["metrics"]["transfer"]["clean"]["asr"]),
@@ -192,9 +193,28 @@ def headline(cells: list[dict]) -> dict:
         for e in entries.values():
             e["implanted"] = e["asr_upstream"].mean is not None and e["asr_upstream"].mean >= IMPLANTED_ASR
         rows.append({"scenario": name, "version": version, "key": f"{name}-v{version}", "entries": entries,
-                     "ca_upstream": _stats(list(per_seed.values())[:1], lambda m: m["upstream"]["clean"]["ca"]),
-                     "ca_transfer": _stats(list(per_seed.values()), lambda m: m["transfer"]["clean"]["ca"])})
+                     "builds": builds, "ca_upstream": _stats(builds, lambda b: b["ca_upstream"]),
+                     "ca_transfer": _stats([v for b in builds for v in b["ca_transfer"].values], lambda v: v)})
     return {"attacks": attacks, "rows": rows}
+
+
+def upstream_builds(cells: list[dict]) -> list[dict]:
+    """The builds of a scenario's clean upstream among these cells, in the order first finished: one per distinct
+    clean accuracy of the clean upstream (a function of its weights: the same recipe built again on other
+    hardware, or after its store was lost, gives another model). Each holds that CA, the CA of the models the
+    victim transferred from it (one value per seed), the attacks whose cells used it and where they ran. A
+    scenario computed in one place has one build; several are shown apart, since their clean models differ
+    (a lift pairs each cell with the clean baseline of its own build, so lifts stay comparable)."""
+    by = {}
+    for c in sorted(cells, key=lambda c: c.get("finished") or ""):
+        m = c["metrics"]
+        b = by.setdefault(m["upstream"]["clean"]["ca"], {"ca_upstream": m["upstream"]["clean"]["ca"],
+                                                          "per_seed": {}, "attacks": set(), "hardware": Counter()})
+        b["per_seed"].setdefault(c["seed"], m["transfer"]["clean"]["ca"])
+        b["attacks"].add(c["attack"]["id"])
+        b["hardware"][hardware_label(c)] += 1
+    return [{"ca_upstream": b["ca_upstream"], "ca_transfer": _stats(sorted(b["per_seed"].items()), lambda t: t[1]),
+             "attacks": sorted(b["attacks"]), "hardware": b["hardware"].most_common(1)[0][0]} for b in by.values()]
 
 
 def defense_rows(cells: list[dict]) -> list[dict]:

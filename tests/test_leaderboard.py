@@ -226,6 +226,34 @@ def test_headline_lift_is_paired_by_seed_and_skips_defenses_and_controls():
     assert e["implanted"]
 
 
+def test_headline_keeps_builds_of_the_clean_upstream_apart():
+    """A scenario finished on other hardware (or after its store was lost) holds two builds of the same clean
+    upstream, whose clean models differ; their CAs are shown per build, never pooled as if they were seeds."""
+    def rebuilt(c, ca_up, ca_down, finished):
+        c["metrics"]["upstream"]["clean"]["ca"], c["metrics"]["transfer"]["clean"]["ca"] = ca_up, ca_down
+        return {**c, "finished": finished, "provenance": {"hardware": {"device": "cpu", "cpu_count": 2}}}
+    cells = [rebuilt(_cell("s", "badnets", s, 0.9, 0.1), 0.70, 0.80 + s / 100, "2026-11-28") for s in (0, 1)]
+    cells += [rebuilt(_cell("s", "blended", s, 0.9, 0.1), 0.75, 0.60, "2026-11-27") for s in (0, 1)]
+    cells += [rebuilt(_cell("s", "sig", 0, 0.9, 0.1), 0.75, 0.60, "2026-11-27")]
+    row = results.headline(cells)["rows"][0]
+    assert [(b["ca_upstream"], b["attacks"]) for b in row["builds"]] == [(0.75, ["blended", "sig"]), (0.70, ["badnets"])]
+    assert row["builds"][0]["ca_transfer"].values == pytest.approx([0.60, 0.60])  # one per seed, not per cell
+    assert row["builds"][1]["ca_transfer"].values == pytest.approx([0.80, 0.81])
+    assert row["ca_upstream"].values == pytest.approx([0.75, 0.70])
+    out = _headline_text(cells)
+    assert "badnets [2]" in out and "blended [1]" in out and "0.750 / 0.700" in out
+    assert "2 builds of the clean upstream" in out and "[1] on cpu, 2 cores" in out
+    assert len(results.headline(cells[:2])["rows"][0]["builds"]) == 1 and "[1]" not in _headline_text(cells[:2])
+
+
+def _headline_text(cells):
+    from rich.console import Console
+    from benchmark.report import print_headline
+    con = Console(record=True, width=250)
+    print_headline(cells, console=con)
+    return con.export_text()
+
+
 def test_headline_marks_backdoors_never_implanted_upstream():
     """A lift near 0 reads as 'the victim's fine-tuning removed the backdoor'; when the ASR before transfer is
     under IMPLANTED_ASR there was no backdoor to remove, and the table must say so rather than show a bare lift."""
