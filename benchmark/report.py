@@ -107,7 +107,8 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
     notes = []
     for r in h["rows"]:
         builds = r["builds"]
-        build_of = {a: f" [{i + 1}]" for i, b in enumerate(builds) for a in b["attacks"]} if len(builds) > 1 else {}
+        build_of = {a: " [" + ",".join(str(i + 1) for i, b in enumerate(builds) if a in b["attacks"]) + "]"
+                    for a in r["entries"]} if len(builds) > 1 else {}  # an attack resumed on other hardware: both
         if build_of:
             notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: " + "; ".join(
                 f"[{i + 1}] on {b['hardware']}" for i, b in enumerate(builds)))
@@ -120,7 +121,7 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
                       str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
     console.print(t)
     for n in notes:
-        console.print(escape(n + " (the same recipe built again gives another model; [n] after an attack: the build "
-                             "its cells used, whose clean baseline its lift is paired with)"), style="dim")
+        console.print(escape(n + " (the same recipe built again gives another model; [n] after an attack: the "
+                             "builds its cells used; each cell's lift is paired with its own build's clean baseline)"), style="dim")
     console.print(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
                   "planted its backdoor upstream and the lift says nothing about surviving transfer.", style="dim")

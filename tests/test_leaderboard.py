@@ -235,13 +235,15 @@ def test_headline_keeps_builds_of_the_clean_upstream_apart():
     cells = [rebuilt(_cell("s", "badnets", s, 0.9, 0.1), 0.70, 0.80 + s / 100, "2026-11-28") for s in (0, 1)]
     cells += [rebuilt(_cell("s", "blended", s, 0.9, 0.1), 0.75, 0.60, "2026-11-27") for s in (0, 1)]
     cells += [rebuilt(_cell("s", "sig", 0, 0.9, 0.1), 0.75, 0.60, "2026-11-27")]
+    cells += [rebuilt(_cell("s", "sig", 1, 0.9, 0.1), 0.70, 0.81, "2026-11-29")]  # a grid resumed on the new build
     row = results.headline(cells)["rows"][0]
-    assert [(b["ca_upstream"], b["attacks"]) for b in row["builds"]] == [(0.75, ["blended", "sig"]), (0.70, ["badnets"])]
+    assert [(b["ca_upstream"], b["attacks"]) for b in row["builds"]] == [(0.75, ["blended", "sig"]),
+                                                                            (0.70, ["badnets", "sig"])]
     assert row["builds"][0]["ca_transfer"].values == pytest.approx([0.60, 0.60])  # one per seed, not per cell
     assert row["builds"][1]["ca_transfer"].values == pytest.approx([0.80, 0.81])
     assert row["ca_upstream"].values == pytest.approx([0.75, 0.70])
     out = _headline_text(cells)
-    assert "badnets [2]" in out and "blended [1]" in out and "0.750 / 0.700" in out
+    assert "badnets [2]" in out and "blended [1]" in out and "sig [1,2]" in out and "0.750 / 0.700" in out
     assert "2 builds of the clean upstream" in out and "[1] on cpu, 2 cores" in out
     assert len(results.headline(cells[:2])["rows"][0]["builds"]) == 1 and "[1]" not in _headline_text(cells[:2])
 
