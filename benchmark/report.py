@@ -78,8 +78,8 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
         t = Table(title=f"{title} · model-level detection (backdoored- vs clean-upstream transfers)", title_justify="left")
         for col in ("defense", "AUROC", "AUPR", "TPR@5%FPR", "backdoored", "negatives", "AUROC by negative", "missing"):
             t.add_column(col, justify="left" if col == "defense" else "right")
-        for r in det:
-            t.add_row(r["defense"], f"{r['auroc']:.3f}", f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}",
+        for r in det:  # with several builds of the clean upstream, one row per build: scores compare within one
+            t.add_row(r["defense"] + (f" ({r['build']})" if r["build"] else ""), f"{r['auroc']:.3f}", f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}",
                       str(r["n_backdoored"]), str(r["n_clean"]),
                       ", ".join(f"{k} {v:.3f}" for k, v in r["by_negative"].items()),
                       str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))

@@ -111,12 +111,15 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
     on the models transferred from backdoored upstreams (every attack x seed) against the negatives: models
     transferred from the clean upstream (control cells) and from null-attack upstreams (the same injection
     fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or a
-    missing score counts 0.5 (see metrics)."""
+    missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
+    clean upstream (`upstream_build_labels`): a model score shifts with the clean model every transfer descends from,
+    so pooling builds would measure the hardware as much as the backdoor. With several builds, one row per
+    defense and build (`build` names it; None when the cells hold one)."""
     by = defaultdict(lambda: ([], {"clean-upstream": [], "null-injection": []}))
-    for c in cells:
+    for c, build in zip(cells, upstream_build_labels(cells)):
         if c["defense"] is None:
             continue
-        pos, neg = by[c["defense"]["id"]]
+        pos, neg = by[(c["defense"]["id"], build)]
         m = (c.get("metrics") or {}).get("defense") or {}
         score = m.get("model_score") if c["status"] == "ok" else None
         if is_control(c):
@@ -125,14 +128,38 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
             neg["null-injection"].append(score)
         else:
             pos.append(score)
+    several = len({b for _, b in by}) > 1
     rows = []
-    for d, (pos, neg) in sorted(by.items()):
+    for (d, build), (pos, neg) in sorted(by.items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
         if not pos or not negs or all(v is None for v in pos + negs):
             continue  # no controls, or a defense without model scores
-        rows.append({"defense": d, **model_detection(pos, negs),
+        rows.append({"defense": d, "build": build if several else None, **model_detection(pos, negs),
                      "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
     return rows
+
+
+def upstream_build_labels(cells: list[dict]) -> list[str]:
+    """Which build of the clean upstream each cell's models descend from, aligned with `cells`. A cell is known
+    by its upstream weights' sha256 (result files since 2026-11-28), else by where it ran; two such marks are one
+    build when cells bearing them report the same clean upstream CA (a control cell reports none). The label is
+    the sha's first 8 hex digits where one is known, else the hardware."""
+    marks = [f"upstream {w[:8]}" if (w := (c.get("weights") or {}).get("upstream")) else hardware_label(c)
+             for c in cells]
+    parent = {m: m for m in marks}
+
+    def root(m):
+        while parent[m] != m:
+            m = parent[m]
+        return m
+    first_with_ca = {}
+    for c, m in zip(cells, marks):
+        ca = (((c.get("metrics") or {}).get("upstream") or {}).get("clean") or {}).get("ca")
+        if ca is not None:
+            a, b = root(first_with_ca.setdefault(ca, m)), root(m)
+            if a != b:  # keep a sha-named root: it names the weights
+                parent[b if a.startswith("upstream ") else a] = a if a.startswith("upstream ") else b
+    return [root(m) for m in marks]
 
 
 def attack_rows(cells: list[dict]) -> list[dict]:

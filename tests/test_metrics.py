@@ -121,3 +121,32 @@ def test_model_detection_rows_pool_attacks_against_controls():
     r2 = model_detection_rows(cells + [null])[0]
     assert r2["n_clean"] == 3 and r2["by_negative"]["null-injection"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert r2["by_negative"]["clean-upstream"] == pytest.approx(r["auroc"])
+    assert r["build"] is None  # one build of the clean upstream: one row per defense, as before
+
+
+def test_model_detection_compares_models_within_one_build_of_the_clean_upstream():
+    """The clean upstream built again on other hardware is another model, and a model score shifts with it: a
+    detector must not be credited for telling the builds apart. Cells name their build by the upstream weights'
+    sha256, or (older files) by their hardware, joined when they report the same clean upstream CA."""
+    from benchmark.results import model_detection_rows, upstream_build_labels
+
+    def cell(score, ca_up, sha=None, gpu=None, control=False):
+        c = {"defense": {"id": "linf", "name": "linf"}, "control": control, "status": "ok",
+             "attack": {"id": "clean-upstream" if control else "a"}, "metrics": {"defense": {"model_score": score}},
+             "provenance": {"hardware": {"device": "cuda" if gpu else "cpu", "gpu": gpu, "cpu_count": 2}}}
+        if ca_up is not None:
+            c["metrics"]["upstream"] = {"clean": {"ca": ca_up}}
+        if sha:
+            c["weights"] = {"upstream": sha}
+        return c
+    # build A (old files, a GPU; its scores run high) and build B (weights recorded; a control has no upstream CA)
+    a = [cell(9.0, 0.76, gpu="H200"), cell(8.0, 0.76, gpu="H200"), cell(7.0, None, gpu="H200", control=True)]
+    b = [cell(5.0, 0.75, sha="66accfd0" + "0" * 56), cell(3.0, None, sha="66accfd0" + "0" * 56, control=True),
+         cell(4.0, 0.75), cell(6.0, None, sha="66accfd0" + "0" * 56, control=True)]  # cpu mark, CA joins it to B
+    labels = upstream_build_labels(a + b)
+    assert labels == ["H200, 2 cores"] * 3 + ["upstream 66accfd0"] * 4
+    rows = {r["build"]: r for r in model_detection_rows(a + b)}
+    assert set(rows) == {"H200, 2 cores", "upstream 66accfd0"}
+    assert rows["H200, 2 cores"]["auroc"] == 1.0 and rows["upstream 66accfd0"]["auroc"] == pytest.approx(0.5)
+    # pooled, every build-A positive would outrank every build-B control and the AUROC would read higher
+    assert (rows["upstream 66accfd0"]["n_backdoored"], rows["upstream 66accfd0"]["n_clean"]) == (2, 2)
