@@ -84,10 +84,18 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
                       ", ".join(f"{k} {v:.3f}" for k, v in r["by_negative"].items()),
                       str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
         console.print(t)
+        for d, n in sorted({(r["defense"], r["left_out"]) for r in det if r["left_out"]}):
+            console.print(f"{d}: {n} cells of another build of the clean upstream without both backdoored and clean "
+                          "transfers in it are left out (scores compare within one build)", style="dim")
     console.print("upstream rows: same label space, the attack's own target. downstream rows: after transfer to the "
                   "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "
                   "validation images. Defense rows: the delivered (backdoored) downstream model after the defense, "
                   "t* kept. ± is the 95% interval half-width over seeds.", style="dim")
+
+
+def build_name(b: dict) -> str:
+    """A build of the clean upstream in words: its label, and where its cells ran when the label is the weights."""
+    return b["label"] + ("" if b["label"].startswith(b["hardware"]) else f" on {b['hardware']}")
 
 
 def print_headline(cells: list[dict], console: Console | None = None) -> None:
@@ -111,7 +119,7 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
                     for a in r["entries"]} if len(builds) > 1 else {}  # an attack resumed on other hardware: both
         if build_of:
             notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: " + "; ".join(
-                f"[{i + 1}] on {b['hardware']}" for i, b in enumerate(builds)))
+                f"[{i + 1}] {build_name(b)}" for i, b in enumerate(builds)))
         for i, (a, e) in enumerate(sorted(r["entries"].items())):
             first = i == 0
             t.add_row(r["key"] if first else "", " / ".join(fmt([b["ca_upstream"]]) for b in builds) if first else "",

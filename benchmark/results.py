@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .builds import upstream_build_labels, upstream_builds
 from .errors import BenchError
 from .metrics import mean_ci, model_detection
-from .provenance import hardware_label
 
 SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
 
@@ -107,14 +107,15 @@ def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
 
 
 def model_detection_rows(cells: list[dict]) -> list[dict]:
-    """Model-level detection per defense that gives model scores: AUROC / AUPR / TPR at 5% FPR of its scores
-    on the models transferred from backdoored upstreams (every attack x seed) against the negatives: models
-    transferred from the clean upstream (control cells) and from null-attack upstreams (the same injection
-    fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or a
-    missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
-    clean upstream (`upstream_build_labels`): a model score shifts with the clean model every transfer descends from,
-    so pooling builds would measure the hardware as much as the backdoor. With several builds, one row per
-    defense and build (`build` names it; None when the cells hold one)."""
+    """Model-level detection per defense that gives model scores, over one scenario's cells: AUROC / AUPR / TPR at
+    5% FPR of its scores on the models transferred from backdoored upstreams (every attack x seed) against the
+    negatives: models transferred from the clean upstream (control cells) and from null-attack upstreams (the same
+    injection fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or
+    a missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
+    clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
+    descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
+    build that has both positives and negatives; `build` names it when the rows span several builds, else None;
+    `left_out` counts the defense's cells in builds that give no row (e.g. controls of a build no attack used)."""
     by = defaultdict(lambda: ([], {"clean-upstream": [], "null-injection": []}))
     for c, build in zip(cells, upstream_build_labels(cells)):
         if c["defense"] is None:
@@ -128,38 +129,20 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
             neg["null-injection"].append(score)
         else:
             pos.append(score)
-    several = len({b for _, b in by}) > 1
-    rows = []
+    rows, left_out = [], Counter()
     for (d, build), (pos, neg) in sorted(by.items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
         if not pos or not negs or all(v is None for v in pos + negs):
-            continue  # no controls, or a defense without model scores
-        rows.append({"defense": d, "build": build if several else None, **model_detection(pos, negs),
+            left_out[d] += len(pos) + len(negs)  # no controls, a build without positives, or no model scores
+            continue
+        rows.append({"defense": d, "build": build, **model_detection(pos, negs),
                      "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
+    for r in rows:
+        r["left_out"] = left_out[r["defense"]]
+    if len({r["build"] for r in rows}) == 1:
+        for r in rows:
+            r["build"] = None
     return rows
-
-
-def upstream_build_labels(cells: list[dict]) -> list[str]:
-    """Which build of the clean upstream each cell's models descend from, aligned with `cells`. A cell is known
-    by its upstream weights' sha256 (result files since 2026-11-28), else by where it ran; two such marks are one
-    build when cells bearing them report the same clean upstream CA (a control cell reports none). The label is
-    the sha's first 8 hex digits where one is known, else the hardware."""
-    marks = [f"upstream {w[:8]}" if (w := (c.get("weights") or {}).get("upstream")) else hardware_label(c)
-             for c in cells]
-    parent = {m: m for m in marks}
-
-    def root(m):
-        while parent[m] != m:
-            m = parent[m]
-        return m
-    first_with_ca = {}
-    for c, m in zip(cells, marks):
-        ca = (((c.get("metrics") or {}).get("upstream") or {}).get("clean") or {}).get("ca")
-        if ca is not None:
-            a, b = root(first_with_ca.setdefault(ca, m)), root(m)
-            if a != b:  # keep a sha-named root: it names the weights
-                parent[b if a.startswith("upstream ") else a] = a if a.startswith("upstream ") else b
-    return [root(m) for m in marks]
 
 
 def attack_rows(cells: list[dict]) -> list[dict]:
@@ -201,16 +184,21 @@ def headline(cells: list[dict]) -> dict:
     per attack; each entry holds, over the seeds of its no-defense cells: the ASR before transfer (same label
     space), the ASR after transfer, the clean-upstream baseline and the lift = ASR after transfer minus the
     baseline, paired by seed (so the interval is that of the difference), and whether the backdoor was implanted
-    upstream at all (IMPLANTED_ASR). Rows also carry the clean upstream's
-    CA and the CA of the models transferred from it, one value per seed (the settings without any attack)."""
-    table: dict = defaultdict(lambda: defaultdict(list))
-    for c in cells:
-        if c["defense"] is None and c["status"] == "ok" and not is_control(c) and not c["attack"].get("null"):
-            table[scenario_key(c)][c["attack"]["id"]].append(c)
-    attacks = sorted({a for row in table.values() for a in row})
+    upstream at all (IMPLANTED_ASR). Rows also carry `builds`, the builds of the clean upstream those cells
+    descend from (builds.upstream_builds; one unless the scenario was resumed elsewhere or its store lost), each
+    with its clean upstream CA and the CA of the models transferred from it (one value per seed); `ca_upstream`
+    holds one CA per build and `ca_transfer` pools the builds' per-seed values (shown per build when several)."""
+    def counted(c):
+        return c["defense"] is None and c["status"] == "ok" and not is_control(c) and not c["attack"].get("null")
     rows = []
-    for (name, version), by_attack in sorted(table.items()):
-        builds = upstream_builds([c for cs in by_attack.values() for c in cs])
+    for (name, version), scs in by_scenario(cells).items():
+        by_attack = defaultdict(list)
+        for c in filter(counted, scs):
+            by_attack[c["attack"]["id"]].append(c)
+        if not by_attack:
+            continue
+        builds = [{**b, "ca_transfer": _stats(b["ca_transfer"], lambda t: t[1])}
+                  for b in upstream_builds(scs, chosen=counted)]
         entries = {a: {"asr_upstream": _stats(cs, lambda c: c["metrics"]["upstream"]["backdoored"]["asr"]),
                        "asr_transfer": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]),
                        "asr_baseline": _stats(cs, lambda c: c["metrics"]["transfer"]["clean"]["asr"]),
@@ -222,26 +210,7 @@ def headline(cells: list[dict]) -> dict:
         rows.append({"scenario": name, "version": version, "key": f"{name}-v{version}", "entries": entries,
                      "builds": builds, "ca_upstream": _stats(builds, lambda b: b["ca_upstream"]),
                      "ca_transfer": _stats([v for b in builds for v in b["ca_transfer"].values], lambda v: v)})
-    return {"attacks": attacks, "rows": rows}
-
-
-def upstream_builds(cells: list[dict]) -> list[dict]:
-    """The builds of a scenario's clean upstream among these cells, in the order first finished: one per distinct
-    clean accuracy of the clean upstream (a function of its weights: the same recipe built again on other
-    hardware, or after its store was lost, gives another model). Each holds that CA, the CA of the models the
-    victim transferred from it (one value per seed), the attacks whose cells used it and where they ran. A
-    scenario computed in one place has one build; several are shown apart, since their clean models differ
-    (a lift pairs each cell with the clean baseline of its own build, so lifts stay comparable)."""
-    by = {}
-    for c in sorted(cells, key=lambda c: c.get("finished") or ""):
-        m = c["metrics"]
-        b = by.setdefault(m["upstream"]["clean"]["ca"], {"ca_upstream": m["upstream"]["clean"]["ca"],
-                                                          "per_seed": {}, "attacks": set(), "hardware": Counter()})
-        b["per_seed"].setdefault(c["seed"], m["transfer"]["clean"]["ca"])
-        b["attacks"].add(c["attack"]["id"])
-        b["hardware"][hardware_label(c)] += 1
-    return [{"ca_upstream": b["ca_upstream"], "ca_transfer": _stats(sorted(b["per_seed"].items()), lambda t: t[1]),
-             "attacks": sorted(b["attacks"]), "hardware": b["hardware"].most_common(1)[0][0]} for b in by.values()]
+    return {"attacks": sorted({a for r in rows for a in r["entries"]}), "rows": rows}
 
 
 def defense_rows(cells: list[dict]) -> list[dict]:

@@ -244,7 +244,7 @@ def test_headline_keeps_builds_of_the_clean_upstream_apart():
     assert row["ca_upstream"].values == pytest.approx([0.75, 0.70])
     out = _headline_text(cells)
     assert "badnets [2]" in out and "blended [1]" in out and "sig [1,2]" in out and "0.750 / 0.700" in out
-    assert "2 builds of the clean upstream" in out and "[1] on cpu, 2 cores" in out
+    assert "2 builds of the clean upstream" in out and "[1] cpu, 2 cores, upstream CA 0.7500; [2] cpu, 2 cores, upstream CA 0.7000" in out
     assert len(results.headline(cells[:2])["rows"][0]["builds"]) == 1 and "[1]" not in _headline_text(cells[:2])
 
 

@@ -1,0 +1,97 @@
+"""Which build of the clean upstream a result cell descends from (benchmark/builds.py), on the shapes real result
+files take: weights recorded or not, controls and failed cells without a clean upstream CA, rebuilds."""
+import pytest
+
+from benchmark.builds import upstream_build_labels, upstream_builds
+from benchmark.results import model_detection_rows
+
+SHA_A, SHA_B = "aaaaaaaa" + "0" * 56, "bbbbbbbb" + "0" * 56
+
+
+def cell(ca=None, sha=None, event=None, gpu=None, cores=2, control=False, score=1.0, defense="linf", seed=0,
+         attack="a", status="ok", provenance=True):
+    c = {"attack": {"id": "clean-upstream" if control else attack}, "control": control, "seed": seed,
+         "defense": {"id": defense, "name": defense} if defense else None, "status": status,
+         "metrics": {"defense": {"model_score": score}} if status == "ok" else None}
+    if provenance:
+        c["provenance"] = {"hardware": {"device": "cuda" if gpu else "cpu", "gpu": gpu, "cpu_count": cores}}
+    if ca is not None:
+        c["metrics"]["upstream"] = {"clean": {"ca": ca}}
+        c["metrics"]["transfer"] = {"clean": {"ca": ca + 0.1}}
+    if sha:
+        c["weights"] = {"upstream": sha}
+    if event is not None:
+        c["wall_time_s"] = {"upstream": event}
+    return c
+
+
+def test_two_weights_are_two_builds_even_at_an_equal_clean_accuracy():
+    cells = [cell(0.75, SHA_A), cell(0.75, SHA_B), cell(0.75)]  # the sha-less cell cannot tell which: its own
+    labels = upstream_build_labels(cells)
+    assert labels[:2] == ["upstream aaaaaaaa", "upstream bbbbbbbb"] and labels[2] not in labels[:2]
+
+
+def test_the_build_event_places_controls_of_older_files():
+    """Two builds on one machine, no weights recorded (the real gtsrb mobilenet v3 files): the controls carry no
+    clean upstream CA, but the upstream stage's wall time, which every cell reusing the stored stage copies."""
+    first = [cell(0.545, event=520.5, seed=s) for s in range(3)] + [cell(event=520.5, control=True)]
+    rebuilt = [cell(0.530, event=1039.1, attack="no-poison")] + [cell(event=1039.1, control=True) for _ in range(2)]
+    labels = upstream_build_labels(first + rebuilt)
+    assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
+    assert labels[0] == "cpu, 2 cores, upstream CA 0.5450"  # same hardware: the CA tells the two apart
+    # the same recipe rebuilt to the same CA (a deterministic rebuild): one build, whichever event
+    assert len(set(upstream_build_labels([cell(0.545, event=520.5), cell(0.545, event=625.2),
+                                          cell(event=625.2, control=True)]))) == 1
+    # an event whose cells name their weights joins them, also for its cells written before weights were recorded
+    assert upstream_build_labels([cell(0.75, event=700.0), cell(0.75, SHA_A, event=700.0)]) == ["upstream aaaaaaaa"] * 2
+
+
+def test_file_order_does_not_change_the_builds():
+    # the control comes first, before anything says its hardware (cpu) holds two builds (CA 0.74, weights A)
+    cells = [cell(control=True), cell(0.76, gpu="H200"), cell(0.74), cell(0.75, SHA_A), cell(0.75),
+             cell(control=True, sha=SHA_A)]
+    labels = upstream_build_labels(cells)
+    assert labels == ["build unknown (cpu, 2 cores)", "H200, 2 cores", "cpu, 2 cores", "upstream aaaaaaaa",
+                      "upstream aaaaaaaa", "upstream aaaaaaaa"]
+    assert upstream_build_labels(cells[::-1]) == labels[::-1]
+
+
+def test_a_cell_without_weights_or_accuracy_joins_only_a_build_it_can_be_told_from():
+    # its hardware shows one build: that one, whatever the other hardware holds
+    assert upstream_build_labels([cell(0.76, gpu="H200"), cell(0.75, SHA_A), cell(gpu="H200", control=True)])[2] \
+        == "H200, 2 cores"
+    # its hardware shows two builds (two CAs): unknown, not the first one met
+    two = [cell(0.76), cell(0.75), cell(control=True)]
+    assert upstream_build_labels(two)[2] == "build unknown (cpu, 2 cores)"
+    # a failed cell without provenance beside a single build: that build (it still counts, as 0.5)
+    one = [cell(0.75, SHA_A, score=3.0), cell(control=True, sha=SHA_A, score=1.0),
+           cell(status="failed", provenance=False)]
+    assert upstream_build_labels(one)[2] == "upstream aaaaaaaa"
+    (r,) = model_detection_rows(one)
+    assert r["build"] is None and r["n_backdoored"] == 2 and r["missing"] == 1
+    assert r["auroc"] == pytest.approx((1 + 0.5) / 2)
+    # beside two builds it stays apart: neither row counts it
+    rows = model_detection_rows(one[:2] + [cell(0.70, SHA_B, score=2.0), cell(control=True, sha=SHA_B, score=1.0),
+                                           cell(status="failed", provenance=False)])
+    assert [(r["build"], r["n_backdoored"], r["missing"]) for r in rows] == [
+        ("upstream aaaaaaaa", 1, 0), ("upstream bbbbbbbb", 1, 0)]
+
+
+def test_detection_names_builds_only_when_its_rows_span_several():
+    """A second build holding only controls and null-attack cells gives no row: the one row names no build, and
+    says how many cells were left out."""
+    cells = [cell(0.75, SHA_A, score=3.0), cell(control=True, sha=SHA_A, score=1.0),
+             cell(0.70, SHA_B, attack="null", score=2.0), cell(control=True, sha=SHA_B, score=2.5)]
+    cells[2]["attack"]["null"] = True
+    (r,) = model_detection_rows(cells)
+    assert r["build"] is None and r["auroc"] == 1.0 and r["n_clean"] == 1 and r["left_out"] == 2
+
+
+def test_headline_builds_follow_the_same_labels():
+    cells = [cell(0.75, SHA_A, defense=None, seed=s) for s in (0, 1)] + [cell(0.76, gpu="H200", defense=None)]
+    for c, day in zip(cells, ("2026-11-02", "2026-11-03", "2026-11-01")):
+        c["finished"] = day  # the builds come in the order first finished
+    builds = upstream_builds(cells)
+    assert [(b["label"], b["ca_upstream"], b["hardware"]) for b in builds] == [
+        ("H200, 2 cores", 0.76, "H200, 2 cores"), ("upstream aaaaaaaa", 0.75, "cpu, 2 cores")]
+    assert builds[1]["ca_transfer"] == [(0, pytest.approx(0.85)), (1, pytest.approx(0.85))]
