@@ -8,14 +8,17 @@ therefore know the build of each cell. Evidence, strongest first:
 - the upstream weights' sha256 (`weights.upstream`, files since 2026-11-28): one build per sha. Two shas are never
   joined, even at an equal clean accuracy;
 - the build event: the upstream stage's wall time (`wall_time_s.upstream`), which the store keeps with the stage
-  and every cell that reused it copies, so cells sharing it share the model. An event takes the sha any of its
-  cells names; else its clean upstream CA decides: the build of the one sha reporting that CA, or else the
-  sha-less builds of that CA (an equal accuracy on thousands of test images: the same recipe rebuilt
-  deterministically on the same kind of machine);
+  and every cell that reused it copies, so cells sharing it share the model. An event takes the sha its cells
+  name; else its clean upstream CA decides: the build of the one sha reporting that CA on the same hardware, or
+  else the sha-less builds of that CA on that hardware (an equal accuracy on thousands of test images: the same
+  recipe rebuilt deterministically on the same kind of machine). An event whose cells name two shas or two CAs
+  proves nothing (two builds that happened to take the same seconds): its cells are placed as if it were absent;
 - neither (files older than both): the cell's own clean upstream CA, as for an event; else (a control or failed
-  cell) the hardware it ran on, when exactly one build was seen there, or else the only build of all.
+  cell) the hardware it ran on, when exactly one build was seen there; a cell that records no hardware at all
+  joins the only build of the scenario, if there is one.
 
-A cell none of this places is labelled 'build unknown (<hardware>)': an aggregate keeps it apart rather than guess.
+A cell none of this places is its own 'build unknown (<hardware>)': an aggregate keeps it apart rather than guess.
+Identity is the key (`upstream_build_keys`); labels are for display and unique per key.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Optional
 from .provenance import hardware_label
 
 UNKNOWN = "build unknown"
+NO_HARDWARE = "?, ? cores"  # hardware_label of a file without provenance
 
 
 def upstream_ca(cell: dict) -> Optional[float]:
@@ -32,36 +36,58 @@ def upstream_ca(cell: dict) -> Optional[float]:
     return (((cell.get("metrics") or {}).get("upstream") or {}).get("clean") or {}).get("ca")
 
 
-def _keys(cells: list[dict]) -> list[tuple]:
+def _events(shas, events, cas, hws) -> dict:
+    """Each unambiguous build event -> ("sha", sha) or ("ca", hardware, ca), from the cells that report them."""
+    seen = defaultdict(lambda: (set(), set()))
+    for s, e, ca, h in zip(shas, events, cas, hws):
+        if e is not None:
+            ss, hcas = seen[e]
+            if s:
+                ss.add(s)
+            if ca is not None:
+                hcas.add((h, ca))
+    out = {}
+    for e, (ss, hcas) in seen.items():
+        if len(ss) > 1 or len({ca for _, ca in hcas}) > 1:
+            continue  # two builds under one wall time: no evidence either way
+        if ss:
+            out[e] = ("sha", *ss)
+        elif hcas:
+            out[e] = ("ca", *min(hcas))  # one CA; its hardware: the first alphabetically if reported from several
+        else:
+            out[e] = None  # an event known only from controls: a build of its own
+    return out
+
+
+def upstream_build_keys(cells: list[dict]) -> list[tuple]:
+    """The build of the clean upstream each cell descends from, as a hashable key aligned with `cells` (one
+    scenario's): ('sha', sha256), ('ca', hardware, ca), ('event', seconds) or ('unknown', hardware). The same
+    answer in any file order."""
     shas = [(c.get("weights") or {}).get("upstream") for c in cells]
     events = [(c.get("wall_time_s") or {}).get("upstream") for c in cells]
     cas = [upstream_ca(c) for c in cells]
-    event_sha, event_ca = {}, {}
-    for s, e, ca in sorted(zip(shas, events, cas), key=str):  # sorted: the same answer in any file order
-        if e is not None:
-            if s:
-                event_sha.setdefault(e, s)
-            if ca is not None:
-                event_ca.setdefault(e, ca)
-    shas_of_ca = defaultdict(set)
-    for s, e, ca in zip(shas, events, cas):
-        s, ca = s or event_sha.get(e), ca if ca is not None else event_ca.get(e)
-        if s and ca is not None:
-            shas_of_ca[ca].add(s)
-
-    def by_ca(ca):
-        return ("sha", *shas_of_ca[ca]) if len(shas_of_ca[ca]) == 1 else ("ca", ca)
-    keys = []
-    for s, e, ca in zip(shas, events, cas):
-        if s or e in event_sha:
-            keys.append(("sha", s or event_sha[e]))
-        elif e in event_ca or ca is not None:
-            keys.append(by_ca(event_ca[e] if e in event_ca else ca))
-        elif e is not None:
-            keys.append(("event", e))  # an event no cell gives a sha or CA for: a build of its own
-        else:
-            keys.append(None)
     hws = [hardware_label(c) for c in cells]
+    event = _events(shas, events, cas, hws)
+    evidence = []  # per cell: ("sha", s), ("ca", hw, ca), ("event", e) or None
+    for s, e, ca, h in zip(shas, events, cas, hws):
+        if s:
+            evidence.append(("sha", s))
+        elif e in event:
+            evidence.append(event[e] or ("event", e))
+        elif ca is not None:
+            evidence.append(("ca", h, ca))
+        else:
+            evidence.append(None)
+    shas_of = defaultdict(set)  # (hardware, CA) -> the shas reported with it
+    for s, e, ca, h in zip(shas, events, cas, hws):
+        s = s or (event[e][1] if (event.get(e) or ("",))[0] == "sha" else None)
+        if s and ca is not None:
+            shas_of[(h, ca)].add(s)
+    keys = []
+    for ev in evidence:
+        if ev and ev[0] == "ca" and len(shas_of[ev[1:]]) == 1:
+            ev = ("sha", *shas_of[ev[1:]])
+        keys.append(ev)
     seen = defaultdict(set)
     for k, h in zip(keys, hws):
         if k:
@@ -69,44 +95,54 @@ def _keys(cells: list[dict]) -> list[tuple]:
     every = set().union(*seen.values())
     for i, (k, h) in enumerate(zip(keys, hws)):
         if k is None:
-            near = seen.get(h) or every
+            near = every if h == NO_HARDWARE else seen.get(h, set())
             keys[i] = next(iter(near)) if len(near) == 1 else ("unknown", h)
     return keys
 
 
+def _names(key: tuple, hardware: Counter) -> list[str]:
+    """Names for one build, coarse to fine; the finest is unique to the key."""
+    if key[0] == "sha":
+        return [f"upstream {key[1][:n]}" for n in (8, 16, 64)]
+    if key[0] == "unknown":
+        return [f"{UNKNOWN} ({key[1]})"]
+    if key[0] == "ca":
+        return [key[1], f"{key[1]}, upstream CA {key[2]:.4f}", f"{key[1]}, upstream CA {key[2]!r}"]
+    most = min(hardware, key=lambda h: (-hardware[h], h))  # where most of its cells ran (ties: alphabetical)
+    return [most, f"{most}, upstream built in {key[1]:.0f} s", f"{most}, upstream built in {key[1]!r} s"]
+
+
 def upstream_build_labels(cells: list[dict]) -> list[str]:
-    """The build of the clean upstream each cell descends from (module docstring), aligned with `cells`, which
-    should be one scenario's. Labels: 'upstream <first 8 hex digits of the sha>' for a build whose weights are
-    known; else the hardware most of its cells ran on (ties: alphabetical), with the upstream CA (or the stage's
-    build seconds) appended when two builds would otherwise share a label; 'build unknown (<hardware>)'."""
-    keys = _keys(cells)
-    hw = defaultdict(Counter)
+    """`upstream_build_keys` in words, one label per key: 'upstream <first 8 hex digits of the sha>' for a build
+    whose weights are known; else the hardware its cells ran on, with the upstream CA (or the stage's build
+    seconds) appended when two builds would otherwise share a label; 'build unknown (<hardware>)'. Labels that
+    would still clash take more digits."""
+    keys = upstream_build_keys(cells)
+    hardware = defaultdict(Counter)
     for k, c in zip(keys, cells):
-        hw[k][hardware_label(c)] += 1
-    name = {}
-    for k, counts in hw.items():
-        if k[0] == "sha":
-            name[k] = f"upstream {k[1][:8]}"
-        elif k[0] == "unknown":
-            name[k] = f"{UNKNOWN} ({k[1]})"
-        else:
-            name[k] = min(counts, key=lambda h: (-counts[h], h))
-    clash = Counter(name.values())
-    for k in name:
-        if clash[name[k]] > 1 and k[0] in ("ca", "event"):
-            name[k] += f", upstream CA {k[1]:.4f}" if k[0] == "ca" else f", upstream built in {k[1]:.0f} s"
-    return [name[k] for k in keys]
+        hardware[k][hardware_label(c)] += 1
+    names = {k: _names(k, hw) for k, hw in hardware.items()}
+    level = dict.fromkeys(names, 0)
+    while True:
+        label = {k: names[k][level[k]] for k in names}
+        clash = Counter(label.values())
+        finer = [k for k in names if clash[label[k]] > 1 and level[k] + 1 < len(names[k])]
+        if not finer:
+            return [label[k] for k in keys]
+        for k in finer:
+            level[k] += 1
 
 
 def upstream_builds(cells: list[dict], chosen=None) -> list[dict]:
     """The builds of one scenario's clean upstream used by the `chosen(cell)` cells (default: every cell that
-    reports the clean upstream CA), in the order first finished. Each holds its `label`
-    (`upstream_build_labels`, computed over all `cells`), the clean upstream CA, the CA of the models the victim
-    transferred from it (one value per seed, from the first cell finished), the attacks of its chosen cells and the
-    hardware most of them ran on. A scenario computed in one place has one build."""
+    reports the clean upstream CA), in the order first finished (ties: by label). Each holds its `label`
+    (`upstream_build_labels`, computed over all `cells`), the clean upstream CA (None when no chosen cell reports
+    it), the CA of the models the victim transferred from it (one value per seed, from the first cell finished),
+    the attacks of its chosen cells and the hardware most of them ran on. A scenario computed in one place has one
+    build."""
     chosen = chosen or (lambda c: upstream_ca(c) is not None)
     by = {}
-    pairs = sorted(zip(cells, upstream_build_labels(cells)), key=lambda t: t[0].get("finished") or "")
+    pairs = sorted(zip(cells, upstream_build_labels(cells)), key=lambda t: (t[0].get("finished") or "", t[1]))
     for c, label in pairs:
         if not chosen(c):
             continue

@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
 def cmd_grid(args) -> int:
     from . import grid
     from .report import print_table
-    from .results import load
+    from .results import load, scenario_key
 
     registry = _registry(args)
     workers = args.workers or _default_workers(args.device)
@@ -68,9 +68,9 @@ def cmd_grid(args) -> int:
                       only={"scenarios": args.scenario, "attacks": args.attack, "defenses": args.defense,
                             "seeds": args.seeds, "clean_seeds": args.clean_seeds})
     if not args.quiet:
-        cells = [c for c in load(Path(args.results)) if c["scenario"]["name"] in counts["scenarios"]]
-        for name in counts["scenarios"]:
-            print_table([c for c in cells if c["scenario"]["name"] == name], name)
+        cells = load(Path(args.results))
+        for key in counts["scenarios"]:  # the versions this grid ran, not older files of the same name
+            print_table([c for c in cells if scenario_key(c) == key], "{} v{}".format(*key))
     print(f"grid: {counts['tasks']} tasks, {counts['skipped']} already finished, {counts['ran']} run "
           f"({counts['failed_tasks']} failed tasks, {counts['failed_cells']} failed cells, {counts['computed']} stages "
           f"computed) in {counts['wall_s']:.1f} s; results in {args.results}/")

@@ -331,7 +331,7 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
                 bar.advance(tid)
     counts["wall_s"] = time.perf_counter() - t0
     counts["errors"] = errors
-    counts["scenarios"] = [s.name for s in scenarios]
+    counts["scenarios"] = [(s.name, s.version) for s in scenarios]  # results.scenario_key of each
     return counts
 
 

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .metrics import mean_ci
-from .results import model_detection_rows
+from .results import model_detection_left_out, model_detection_rows
 
 COLUMNS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
            ("sample AUROC", "sample_auroc"), ("model score", "model_score")]
@@ -84,13 +84,18 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
                       ", ".join(f"{k} {v:.3f}" for k, v in r["by_negative"].items()),
                       str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
         console.print(t)
-        for d, n in sorted({(r["defense"], r["left_out"]) for r in det if r["left_out"]}):
-            console.print(f"{d}: {n} cells of another build of the clean upstream without both backdoored and clean "
-                          "transfers in it are left out (scores compare within one build)", style="dim")
+    for x in model_detection_left_out(cells):
+        console.print(f"{x['defense']}: {left_out_note(x)}", style="dim")
     console.print("upstream rows: same label space, the attack's own target. downstream rows: after transfer to the "
                   "victim's task (new head); ASR uses t*, the class the delivered model gives most triggered "
                   "validation images. Defense rows: the delivered (backdoored) downstream model after the defense, "
                   "t* kept. ± is the 95% interval half-width over seeds.", style="dim")
+
+
+def left_out_note(x: dict) -> str:
+    """Why model-level detection leaves cells out (results.model_detection_left_out), in words."""
+    return (f"{x['backdoored']} backdoored and {x['negatives']} clean transfers of {x['build']} left out: it has "
+            f"{x['why']} for this defense, and scores compare only within one build of the clean upstream")
 
 
 def build_name(b: dict) -> str:

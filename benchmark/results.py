@@ -106,16 +106,8 @@ def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
             if any(gives_model_score(json.loads(f.read_text())) for f in Path(folder).glob(f"*/{d}/seed-*.json"))]
 
 
-def model_detection_rows(cells: list[dict]) -> list[dict]:
-    """Model-level detection per defense that gives model scores, over one scenario's cells: AUROC / AUPR / TPR at
-    5% FPR of its scores on the models transferred from backdoored upstreams (every attack x seed) against the
-    negatives: models transferred from the clean upstream (control cells) and from null-attack upstreams (the same
-    injection fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or
-    a missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
-    clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
-    descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
-    build that has both positives and negatives; `build` names it when the rows span several builds, else None;
-    `left_out` counts the defense's cells in builds that give no row (e.g. controls of a build no attack used)."""
+def _detection_groups(cells: list[dict]) -> dict:
+    """(defense id, build label) -> (backdoored scores, {negative kind: scores}) over cells with a defense."""
     by = defaultdict(lambda: ([], {"clean-upstream": [], "null-injection": []}))
     for c, build in zip(cells, upstream_build_labels(cells)):
         if c["defense"] is None:
@@ -129,20 +121,59 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
             neg["null-injection"].append(score)
         else:
             pos.append(score)
-    rows, left_out = [], Counter()
-    for (d, build), (pos, neg) in sorted(by.items()):
+    return by
+
+
+def _several_builds(cells: list[dict]) -> bool:
+    """Whether the cells with a defense descend from more than one build of the clean upstream."""
+    return len(set(upstream_build_labels([c for c in cells if c["defense"] is not None]))) > 1
+
+
+def _comparable(pos: list, negs: list) -> bool:
+    return bool(pos) and bool(negs) and not all(v is None for v in pos + negs)
+
+
+def model_detection_rows(cells: list[dict]) -> list[dict]:
+    """Model-level detection per defense that gives model scores, over one scenario's cells: AUROC / AUPR / TPR at
+    5% FPR of its scores on the models transferred from backdoored upstreams (every attack x seed) against the
+    negatives: models transferred from the clean upstream (control cells) and from null-attack upstreams (the same
+    injection fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or
+    a missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
+    clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
+    descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
+    build that has both positives and negatives; `build` names it whenever the scenario's cells span several
+    builds (else None). Cells of a build that gives no row: `model_detection_left_out`."""
+    rows = []
+    for (d, build), (pos, neg) in sorted(_detection_groups(cells).items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
-        if not pos or not negs or all(v is None for v in pos + negs):
-            left_out[d] += len(pos) + len(negs)  # no controls, a build without positives, or no model scores
-            continue
-        rows.append({"defense": d, "build": build, **model_detection(pos, negs),
-                     "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
-    for r in rows:
-        r["left_out"] = left_out[r["defense"]]
-    if len({r["build"] for r in rows}) == 1:
+        if _comparable(pos, negs):
+            rows.append({"defense": d, "build": build, **model_detection(pos, negs),
+                         "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
+    if not _several_builds(cells):
         for r in rows:
             r["build"] = None
     return rows
+
+
+def model_detection_left_out(cells: list[dict]) -> list[dict]:
+    """The cells model-level detection cannot use, per defense and build: a build holding no backdoored or no clean
+    transfers for that defense (e.g. controls of a build no attack used), or only missing scores. Each:
+    {defense, build, backdoored, negatives (cell counts), why}, for defenses that give a model score in some cell. A
+    defense with scores but no row appears only here. Empty when the cells hold one build: then a defense without
+    both kinds of transfer has no detection to leave anything out of."""
+    if not _several_builds(cells):
+        return []
+    groups = _detection_groups(cells)
+    scoring = {d for (d, _), (pos, neg) in groups.items()
+               if any(v is not None for v in pos + neg["clean-upstream"] + neg["null-injection"])}
+    out = []
+    for (d, build), (pos, neg) in sorted(groups.items()):
+        negs = neg["clean-upstream"] + neg["null-injection"]
+        if d in scoring and not _comparable(pos, negs):
+            why = ("no clean transfers" if pos and not negs else "no backdoored transfers" if negs and not pos
+                   else "no model scores")
+            out.append({"defense": d, "build": build, "backdoored": len(pos), "negatives": len(negs), "why": why})
+    return out
 
 
 def attack_rows(cells: list[dict]) -> list[dict]:

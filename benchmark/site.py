@@ -143,6 +143,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "attacks": arows, "defenses": drows,
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
+                          "model_detection_left_out": results.model_detection_left_out(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
                           "commits": sorted(Counter(_code(c["provenance"]["git"]) for c in cs).items()),
                           "retrained": results.retrained(cs),

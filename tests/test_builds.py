@@ -3,7 +3,8 @@ files take: weights recorded or not, controls and failed cells without a clean u
 import pytest
 
 from benchmark.builds import upstream_build_labels, upstream_builds
-from benchmark.results import model_detection_rows
+from benchmark.report import left_out_note
+from benchmark.results import model_detection_left_out, model_detection_rows
 
 SHA_A, SHA_B = "aaaaaaaa" + "0" * 56, "bbbbbbbb" + "0" * 56
 
@@ -77,14 +78,30 @@ def test_a_cell_without_weights_or_accuracy_joins_only_a_build_it_can_be_told_fr
         ("upstream aaaaaaaa", 1, 0), ("upstream bbbbbbbb", 1, 0)]
 
 
-def test_detection_names_builds_only_when_its_rows_span_several():
-    """A second build holding only controls and null-attack cells gives no row: the one row names no build, and
-    says how many cells were left out."""
+def test_detection_names_the_build_of_its_row_and_what_it_left_out():
+    """A second build holding only controls and null-attack cells gives no row: the one row names its build (the
+    scenario holds two), and the cells left out are counted by kind."""
     cells = [cell(0.75, SHA_A, score=3.0), cell(control=True, sha=SHA_A, score=1.0),
              cell(0.70, SHA_B, attack="null", score=2.0), cell(control=True, sha=SHA_B, score=2.5)]
     cells[2]["attack"]["null"] = True
     (r,) = model_detection_rows(cells)
-    assert r["build"] is None and r["auroc"] == 1.0 and r["n_clean"] == 1 and r["left_out"] == 2
+    assert r["build"] == "upstream aaaaaaaa" and r["auroc"] == 1.0 and r["n_clean"] == 1
+    assert model_detection_left_out(cells) == [
+        {"defense": "linf", "build": "upstream bbbbbbbb", "backdoored": 0, "negatives": 2, "why": "no backdoored transfers"}]
+    assert "has no backdoored transfers" in left_out_note(model_detection_left_out(cells)[0])
+    # one build: no name, nothing left out
+    assert model_detection_rows(cells[:2])[0]["build"] is None and model_detection_left_out(cells[:2]) == []
+
+
+def test_a_defense_whose_positives_and_negatives_are_in_different_builds_has_no_row_but_a_note():
+    cells = [cell(0.75, SHA_A, score=3.0), cell(0.75, SHA_A, score=2.0, seed=1), cell(control=True, sha=SHA_B)]
+    assert model_detection_rows(cells) == []
+    assert [(x["build"], x["backdoored"], x["negatives"]) for x in model_detection_left_out(cells)] == [
+        ("upstream aaaaaaaa", 2, 0), ("upstream bbbbbbbb", 0, 1)]
+    # one build without clean transfers: no detection, and nothing to call left out
+    assert model_detection_left_out(cells[:2]) == []
+    # a defense that never gives a model score is not detection's to leave out
+    assert model_detection_left_out([cell(0.75, SHA_A, score=None), cell(control=True, sha=SHA_B, score=None)]) == []
 
 
 def test_headline_builds_follow_the_same_labels():
@@ -95,3 +112,60 @@ def test_headline_builds_follow_the_same_labels():
     assert [(b["label"], b["ca_upstream"], b["hardware"]) for b in builds] == [
         ("H200, 2 cores", 0.76, "H200, 2 cores"), ("upstream aaaaaaaa", 0.75, "cpu, 2 cores")]
     assert builds[1]["ca_transfer"] == [(0, pytest.approx(0.85)), (1, pytest.approx(0.85))]
+
+
+def test_controls_of_two_events_no_cell_describes_are_two_builds():
+    labels = upstream_build_labels([cell(event=10.0, control=True), cell(event=10.0, control=True),
+                                    cell(event=20.0, control=True)])
+    assert labels[0] == labels[1] != labels[2]
+    assert labels == ["cpu, 2 cores, upstream built in 10 s"] * 2 + ["cpu, 2 cores, upstream built in 20 s"]
+
+
+def test_an_event_takes_its_sha_beside_a_second_sha_build_on_the_same_hardware():
+    cells = [cell(0.75, SHA_A, event=5.0), cell(event=5.0, control=True), cell(0.75, SHA_B, event=6.0),
+             cell(event=6.0, control=True)]
+    assert upstream_build_labels(cells) == ["upstream aaaaaaaa"] * 2 + ["upstream bbbbbbbb"] * 2
+
+
+def test_an_event_naming_two_builds_is_no_evidence():
+    """Two builds that happened to take the same seconds: the event places nothing, each cell its own evidence."""
+    for cells in ([cell(0.75, SHA_A, event=5.0), cell(0.70, SHA_B, event=5.0), cell(0.70, event=5.0),
+                   cell(event=5.0, control=True)],
+                  [cell(0.75, event=5.0), cell(0.70, event=5.0), cell(event=5.0, control=True)]):
+        for order in (cells, cells[::-1], cells[1:] + cells[:1]):
+            labels = dict(zip(map(id, order), upstream_build_labels(order)))
+            assert labels[id(cells[-1])] == "build unknown (cpu, 2 cores)"  # two builds on its hardware
+            assert labels[id(cells[0])] != labels[id(cells[1])]
+    assert upstream_build_labels([cell(0.75, SHA_A, event=5.0), cell(0.70, SHA_B, event=5.0),
+                                  cell(0.70, event=5.0)])[2] == "upstream bbbbbbbb"  # by its own CA
+
+
+def test_an_equal_accuracy_joins_builds_only_on_the_same_hardware():
+    cells = [cell(0.75, SHA_A), cell(0.75, gpu="H200"), cell(0.75, event=3.0, gpu="H200"),
+             cell(event=3.0, control=True, gpu="H200")]
+    assert upstream_build_labels(cells) == ["upstream aaaaaaaa"] + ["H200, 2 cores"] * 3
+    # a control from hardware no build was seen on is not given the other hardware's build
+    assert upstream_build_labels([cell(0.75, SHA_A), cell(control=True, gpu="A100")])[1] == \
+        "build unknown (A100, 2 cores)"
+
+
+def test_labels_are_unique_per_build():
+    near = [cell(0.75001), cell(0.75004), cell(event=762.6, control=True), cell(event=763.4, control=True),
+            cell(0.7, "ab12cd34" + "1" * 56), cell(0.7, "ab12cd34" + "2" * 56)]
+    labels = upstream_build_labels(near)
+    assert len(set(labels)) == 6
+    assert labels[4:] == ["upstream ab12cd3411111111", "upstream ab12cd3422222222"]
+    assert labels[0] == "cpu, 2 cores, upstream CA 0.75001"
+
+
+def test_builds_do_not_depend_on_file_order():
+    import itertools
+    cells = [cell(0.75, SHA_A, event=1.0), cell(event=1.0, control=True), cell(0.75, event=2.0),
+             cell(event=2.0, control=True), cell(0.74, event=3.0), cell(control=True, gpu="H200"),
+             cell(0.8, gpu="H200", event=4.0), cell(status="failed", provenance=False)]
+    want = upstream_build_labels(cells)
+    assert want[:4] == ["upstream aaaaaaaa"] * 4 and want[5] == want[6] == "H200, 2 cores"
+    assert want[7] == "build unknown (?, ? cores)"  # three builds it could belong to
+    for order in itertools.islice(itertools.permutations(range(len(cells))), 0, None, 97):
+        labels = upstream_build_labels([cells[i] for i in order])
+        assert [labels[order.index(i)] for i in range(len(cells))] == want
