@@ -9,8 +9,8 @@ therefore know the build of each cell. Evidence, strongest first:
   joined, even at an equal clean accuracy;
 - the build event: the upstream stage's wall time (`wall_time_s.upstream`), which the store keeps with the stage
   and every cell that reused it copies, so cells sharing it share the model. An event takes the sha its cells
-  name; else its clean upstream CA decides: the build of the one sha reporting that CA on the same hardware, or
-  else the sha-less builds of that CA on that hardware (an equal accuracy on thousands of test images: the same
+  name; else its clean upstream CA decides: the build of the one sha reporting that CA on the same hardware (any
+  hardware the event's cells ran on), or else the sha-less builds of that CA on that hardware (an equal accuracy on thousands of test images: the same
   recipe rebuilt deterministically on the same kind of machine). An event whose cells name two shas or two CAs
   proves nothing (two builds that happened to take the same seconds): its cells are placed as if it were absent;
 - neither (files older than both): the cell's own clean upstream CA, as for an event; else (a control or failed
@@ -37,7 +37,8 @@ def upstream_ca(cell: dict) -> Optional[float]:
 
 
 def _events(shas, events, cas, hws) -> dict:
-    """Each unambiguous build event -> ("sha", sha) or ("ca", hardware, ca), from the cells that report them."""
+    """Each unambiguous build event -> ("sha", sha), ("ca", {(hardware, ca)}) or None (known only from controls),
+    from the cells that report them."""
     seen = defaultdict(lambda: (set(), set()))
     for s, e, ca, h in zip(shas, events, cas, hws):
         if e is not None:
@@ -50,12 +51,7 @@ def _events(shas, events, cas, hws) -> dict:
     for e, (ss, hcas) in seen.items():
         if len(ss) > 1 or len({ca for _, ca in hcas}) > 1:
             continue  # two builds under one wall time: no evidence either way
-        if ss:
-            out[e] = ("sha", *ss)
-        elif hcas:
-            out[e] = ("ca", *min(hcas))  # one CA; its hardware: the first alphabetically if reported from several
-        else:
-            out[e] = None  # an event known only from controls: a build of its own
+        out[e] = ("sha", *ss) if ss else ("ca", frozenset(hcas)) if hcas else None
     return out
 
 
@@ -68,14 +64,14 @@ def upstream_build_keys(cells: list[dict]) -> list[tuple]:
     cas = [upstream_ca(c) for c in cells]
     hws = [hardware_label(c) for c in cells]
     event = _events(shas, events, cas, hws)
-    evidence = []  # per cell: ("sha", s), ("ca", hw, ca), ("event", e) or None
+    evidence = []  # per cell: ("sha", s), ("ca", {(hardware, ca)}), ("event", e) or None
     for s, e, ca, h in zip(shas, events, cas, hws):
         if s:
             evidence.append(("sha", s))
         elif e in event:
             evidence.append(event[e] or ("event", e))
         elif ca is not None:
-            evidence.append(("ca", h, ca))
+            evidence.append(("ca", frozenset({(h, ca)})))
         else:
             evidence.append(None)
     shas_of = defaultdict(set)  # (hardware, CA) -> the shas reported with it
@@ -85,8 +81,11 @@ def upstream_build_keys(cells: list[dict]) -> list[tuple]:
             shas_of[(h, ca)].add(s)
     keys = []
     for ev in evidence:
-        if ev and ev[0] == "ca" and len(shas_of[ev[1:]]) == 1:
-            ev = ("sha", *shas_of[ev[1:]])
+        if ev and ev[0] == "ca":
+            # the build of the one sha this CA was reported with on the same hardware (any hardware the event's
+            # cells ran on), else the sha-less build of that CA, keyed by its first hardware alphabetically
+            found = set().union(*(shas_of[p] for p in ev[1]))
+            ev = ("sha", *found) if len(found) == 1 else ("ca", *min(ev[1]))
         keys.append(ev)
     seen = defaultdict(set)
     for k, h in zip(keys, hws):

@@ -94,7 +94,8 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
 
 def left_out_note(x: dict) -> str:
     """Why model-level detection leaves cells out (results.model_detection_left_out), in words."""
-    return (f"{x['backdoored']} backdoored and {x['negatives']} clean transfers of {x['build']} left out: it has "
+    return (f"{x['backdoored']} backdoored and {x['negatives']} negative transfers (clean-upstream controls, null "
+            f"attacks) of {x['build']} left out: it has "
             f"{x['why']} for this defense, and scores compare only within one build of the clean upstream")
 
 

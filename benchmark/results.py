@@ -124,9 +124,9 @@ def _detection_groups(cells: list[dict]) -> dict:
     return by
 
 
-def _several_builds(cells: list[dict]) -> bool:
-    """Whether the cells with a defense descend from more than one build of the clean upstream."""
-    return len(set(upstream_build_labels([c for c in cells if c["defense"] is not None]))) > 1
+def _several_builds(groups: dict) -> bool:
+    """Whether the cells with a defense (`_detection_groups`) descend from more than one build."""
+    return len({build for _, build in groups}) > 1
 
 
 def _comparable(pos: list, negs: list) -> bool:
@@ -141,15 +141,15 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
     a missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
     clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
     descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
-    build that has both positives and negatives; `build` names it whenever the scenario's cells span several
-    builds (else None). Cells of a build that gives no row: `model_detection_left_out`."""
-    rows = []
-    for (d, build), (pos, neg) in sorted(_detection_groups(cells).items()):
+    build that has both positives and negatives; `build` names it whenever the cells with a defense span several
+    builds (else None; builds are told over all the cells). Cells of a build that gives no row: `model_detection_left_out`."""
+    rows, groups = [], _detection_groups(cells)
+    for (d, build), (pos, neg) in sorted(groups.items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
         if _comparable(pos, negs):
             rows.append({"defense": d, "build": build, **model_detection(pos, negs),
                          "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
-    if not _several_builds(cells):
+    if not _several_builds(groups):
         for r in rows:
             r["build"] = None
     return rows
@@ -161,16 +161,16 @@ def model_detection_left_out(cells: list[dict]) -> list[dict]:
     {defense, build, backdoored, negatives (cell counts), why}, for defenses that give a model score in some cell. A
     defense with scores but no row appears only here. Empty when the cells hold one build: then a defense without
     both kinds of transfer has no detection to leave anything out of."""
-    if not _several_builds(cells):
-        return []
     groups = _detection_groups(cells)
+    if not _several_builds(groups):
+        return []
     scoring = {d for (d, _), (pos, neg) in groups.items()
                if any(v is not None for v in pos + neg["clean-upstream"] + neg["null-injection"])}
     out = []
     for (d, build), (pos, neg) in sorted(groups.items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
         if d in scoring and not _comparable(pos, negs):
-            why = ("no clean transfers" if pos and not negs else "no backdoored transfers" if negs and not pos
+            why = ("no negative transfers" if pos and not negs else "no backdoored transfers" if negs and not pos
                    else "no model scores")
             out.append({"defense": d, "build": build, "backdoored": len(pos), "negatives": len(negs), "why": why})
     return out

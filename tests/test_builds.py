@@ -169,3 +169,22 @@ def test_builds_do_not_depend_on_file_order():
     for order in itertools.islice(itertools.permutations(range(len(cells))), 0, None, 97):
         labels = upstream_build_labels([cells[i] for i in order])
         assert [labels[order.index(i)] for i in range(len(cells))] == want
+
+
+def test_an_event_on_several_hardware_joins_the_sha_its_ca_was_reported_with_whichever_hardware_sorts_first():
+    for sha_on in ("A100", "H200"):
+        cells = [cell(0.75, event=5.0, gpu="A100"), cell(0.75, event=5.0, gpu="H200"), cell(0.75, SHA_A, gpu=sha_on)]
+        assert upstream_build_labels(cells) == ["upstream aaaaaaaa"] * 3
+
+
+def test_detection_tells_builds_over_all_cells_and_counts_them_over_the_defended_ones():
+    # the control is 'build unknown' over all cells (its hardware holds two builds): no row, and a note
+    cells = [cell(0.75, SHA_A, score=3.0), cell(control=True, score=1.0), cell(0.70, SHA_B, defense=None)]
+    assert model_detection_rows(cells) == []
+    assert [(x["build"], x["backdoored"], x["negatives"]) for x in model_detection_left_out(cells)] == [
+        ("build unknown (cpu, 2 cores)", 0, 1), ("upstream aaaaaaaa", 1, 0)]
+    # one build over all cells: the row names none (a cell without a defense joins the control's event to sha A)
+    cells = [cell(0.75, event=5.0, defense=None), cell(0.75, SHA_A, event=9.0, score=3.0),
+             cell(control=True, event=5.0, score=1.0)]
+    (r,) = model_detection_rows(cells)
+    assert r["build"] is None and r["auroc"] == 1.0 and model_detection_left_out(cells) == []
