@@ -74,11 +74,10 @@ def upstream_build_keys(cells: list[dict]) -> list[tuple]:
             evidence.append(("ca", frozenset({(h, ca)})))
         else:
             evidence.append(None)
-    shas_of = defaultdict(set)  # (hardware, CA) -> the shas reported with it
-    for s, e, ca, h in zip(shas, events, cas, hws):
-        s = s or (event[e][1] if (event.get(e) or ("",))[0] == "sha" else None)
-        if s and ca is not None:
-            shas_of[(h, ca)].add(s)
+    shas_of = defaultdict(set)  # (hardware, CA) -> the shas reported with it (the cell's own or its event's)
+    for ev, ca, h in zip(evidence, cas, hws):
+        if ev and ev[0] == "sha" and ca is not None:
+            shas_of[(h, ca)].add(ev[1])
     keys = []
     for ev in evidence:
         if ev and ev[0] == "ca":

@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 
 from . import plots, results
+from .report import left_out_note
 from .provenance import hardware_label
 from .errors import BenchError
 from .registry import Registry
@@ -81,6 +82,7 @@ def _env() -> jinja2.Environment:
     env.filters["fmt"] = fmt
     env.filters["sv"] = sort_value
     env.globals["slug"] = slug
+    env.filters["left_out_note"] = left_out_note  # the terminal's sentence, one source
     return env
 
 
