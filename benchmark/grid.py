@@ -294,21 +294,29 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
     counts = {"tasks": total, "skipped": 0, "ran": 0, "failed_tasks": 0, "failed_cells": 0, "computed": 0}
     errors = []
     t0 = time.perf_counter()
+    def unfinished(tasks):
+        return [t for t in tasks if not is_done(t, by_name[t.scenario], results, registry, home)]
+    # each task's line says how far the run is and its ETA: a log file (nohup, a batch job) gets no progress bar.
+    # A phase's count is exact once the phases before it are finished (which controls a scenario needs shows in its
+    # cells' files); until then all its tasks count as left, and each phase counts again when it starts.
+    pending = 0
+    for p in phases:
+        pending += len(unfinished(p)) if not pending else len(p)
+    log(f"[grid] {grid.name}: {total} tasks, {total - pending} finished before, {pending} to run")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         tid = bar.add_task(f"grid {grid.name}", total=total)
-        for phase in phases:
-            todo = []
-            for t in phase:
-                if is_done(t, by_name[t.scenario], results, registry, home):
-                    counts["skipped"] += 1
-                    bar.advance(tid)
-                else:
-                    todo.append({**base, "kind": t.kind, "scenario": t.scenario, "attack": t.attack, "seed": t.seed,
-                                 "sha256": by_name[t.scenario].sha256})
+        for i, phase in enumerate(phases):
+            waiting = unfinished(phase)
+            counts["skipped"] += len(phase) - len(waiting)
+            bar.advance(tid, len(phase) - len(waiting))
+            todo = [{**base, "kind": t.kind, "scenario": t.scenario, "attack": t.attack, "seed": t.seed,
+                     "sha256": by_name[t.scenario].sha256} for t in waiting]
             if not todo:
                 continue
+            if i:
+                pending = counts["ran"] + len(todo) + len(unfinished([t for p in phases[i + 1:] for t in p]))
             if executor == "ray":
                 stream = executors.ray(todo, address, max(1, threads or 1), gpus_per_task)
             elif workers > 1:
@@ -319,20 +327,33 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
                 counts["ran"] += 1
                 j = r["job"]
                 label = Task(j["kind"], j["scenario"], j["attack"], j["seed"]).label
+                left = eta(time.perf_counter() - t0, counts["ran"], pending - counts["ran"])
+                where = f"[{counts['ran']}/{pending}, {left}]"
                 if r["ok"]:
                     counts["failed_cells"] += r["failed"]
                     counts["computed"] += r["computed"]
-                    log(f"[done] {label}: {r['cells']} cells ({r['failed']} failed), {r['computed']} stages "
-                        f"computed, {r['wall']:.1f} s")
+                    log(f"[done] {where} {label}: {r['cells']} cells ({r['failed']} failed), {r['computed']} "
+                        f"stages computed, {r['wall']:.1f} s")
                 else:
                     counts["failed_tasks"] += 1
                     errors.append(f"{label}: {r['error']}")
-                    log(f"[failed] {label}: {r['error']}")
+                    log(f"[failed] {where} {label}: {r['error']}")
                 bar.advance(tid)
     counts["wall_s"] = time.perf_counter() - t0
     counts["errors"] = errors
     counts["scenarios"] = [(s.name, s.version) for s in scenarios]  # results.scenario_key of each
     return counts
+
+
+def eta(elapsed: float, ran: int, left: int) -> str:
+    """Time left for `left` tasks at the rate the `ran` tasks of this run went (parallel workers included). Tasks
+    differ in size (a clean upstream against one defense), so this is a rough guide, as the bar's ETA is."""
+    if left <= 0:
+        return "ETA 0:00:00"
+    if not ran:
+        return "ETA unknown"
+    s = round(elapsed / ran * left)
+    return f"ETA {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # ---------------------------------------------------------------- where a result's scenario comes from

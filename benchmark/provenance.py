@@ -1,6 +1,7 @@
 """Where a number came from: code version, packages, hardware."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import platform
 import subprocess
@@ -11,13 +12,21 @@ from pathlib import Path
 import torch
 
 MAX_CHANGED = 50
+# Tracked files that cannot change a number: the committed results (a grid rewrites them as it runs) and the docs.
+NOT_CODE = ("leaderboard/results/*", "*.md")
+
+
+def code_changes(changed: list[str]) -> list[str]:
+    """The changed files that are code, scenarios or manifests, in the order given."""
+    return [p for p in changed if not any(fnmatch.fnmatchcase(p, g) for g in NOT_CODE)]
 PACKAGES = ("bdbench", "torch", "torchvision", "timm", "datasets", "huggingface-hub", "safetensors", "numpy", "scikit-learn")
 
 
 @lru_cache(maxsize=1)
 def git_state(repo: str | None = None) -> dict:
     """The commit, whether tracked files differ from it, and which (a copy of the tree whose .git is older, a
-    cluster's or a GPU machine's, then still says what ran). Untracked files are not code that ran from here."""
+    cluster's or a GPU machine's, then still says what ran). Untracked files are not code that ran from here, nor
+    are result files or docs (NOT_CODE): a grid writing into leaderboard/results leaves its later cells clean."""
     repo = repo or str(Path(__file__).resolve().parent.parent)
     try:
         commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -27,7 +36,7 @@ def git_state(repo: str | None = None) -> dict:
                               capture_output=True, text=True, timeout=10)
         if diff.returncode != 0:
             return {"commit": commit.stdout.strip(), "dirty": None}
-        changed = sorted(p for p in diff.stdout.split("\0") if p)
+        changed = sorted(code_changes([p for p in diff.stdout.split("\0") if p]))
         if len(changed) > MAX_CHANGED:
             changed = changed[:MAX_CHANGED] + [f"... and {len(changed) - MAX_CHANGED} more"]
         return {"commit": commit.stdout.strip(), "dirty": bool(changed), **({"changed": changed} if changed else {})}

@@ -19,7 +19,7 @@ import jinja2
 
 from . import plots, results
 from .report import left_out_note
-from .provenance import hardware_label
+from .provenance import code_changes, hardware_label
 from .errors import BenchError
 from .registry import Registry
 
@@ -206,8 +206,12 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
 
 
 def _code(git: dict) -> str:
-    """A cell's code version: the commit, and the files that differed from it when the cell ran."""
+    """A cell's code version: the commit, and the code files that differed from it when the cell ran (files
+    written before NOT_CODE existed also list the result files and docs that had changed: those are dropped)."""
     commit = (git.get("commit") or "unknown")[:12]
     if not git.get("dirty"):
         return commit
-    return f"{commit} + changes to {', '.join(git['changed'])}" if git.get("changed") else f"{commit} + uncommitted changes"
+    if "changed" not in git:
+        return f"{commit} + uncommitted changes"
+    changed = code_changes(git["changed"])
+    return f"{commit} + changes to {', '.join(changed)}" if changed else commit

@@ -1,6 +1,7 @@
 """Grids: expansion, validation, the task plan, resuming after kill -9, and the Ray executor."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,9 +179,16 @@ def test_grid_resumes_after_kill_9_and_never_redoes_finished_cells(registry, tmp
     proc.wait()
     finished = _results(results)
     assert 4 <= len(finished) < 2 * 2 * 2 * 2 + 4, "kill the grid midway"
+    lines = []
     counts = grid.run(DATA / "tiny-grid.yaml", home=home, results=results, registry=registry, progress=False,
-                      log=lambda m: None, isolate=False)
+                      log=lines.append, isolate=False)
     assert counts["failed_tasks"] == 0 and counts["failed_cells"] == 0
+    # the log, all a batch job or nohup gets: what is left, then each task with how far the run is and the time left
+    n = counts["ran"]
+    assert re.fullmatch(rf"\[grid\] tiny-grid: {counts['tasks']} tasks, \d+ finished before, \d+ to run", lines[0])
+    done = [re.match(r"\[done\] \[(\d+)/(\d+), ETA (\d+:\d\d:\d\d)\] ", m) for m in lines if m.startswith("[done]")]
+    assert n > 1 and [int(m[1]) for m in done] == list(range(1, n + 1))
+    assert all(int(m[2]) >= int(m[1]) for m in done) and (done[-1][2], done[-1][3]) == (str(n), "0:00:00")
     after = _results(results)
     assert all(after[p] == t for p, t in finished.items()), "a finished cell was redone"
     assert counts["skipped"] >= 2 + len(finished) // 2 - 1  # both upstreams and the finished cells
@@ -283,3 +291,9 @@ def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_contro
         f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], **change}))
         _, (sc,) = grid.load_grid(f, registry)
         assert [p for p in (badnets, control) if not grid._ok(p, sc, registry)] == stale, change
+
+
+def test_eta_is_the_rate_so_far_times_the_tasks_left():
+    assert grid.eta(120.0, 2, 3) == "ETA 0:03:00"  # 60 s a task
+    assert grid.eta(3 * 3600 + 61.0, 1, 1) == "ETA 3:01:01"
+    assert grid.eta(10.0, 0, 5) == "ETA unknown" and grid.eta(10.0, 4, 0) == "ETA 0:00:00"

@@ -342,6 +342,11 @@ def test_a_cells_code_version_names_uncommitted_changes():
         "aaaaaaaaaaaa + changes to b.yaml, c.py"
     assert site._code({"commit": "a" * 40, "dirty": True}) == "aaaaaaaaaaaa + uncommitted changes"  # older files
     assert site._code({"commit": None, "dirty": None}) == "unknown"
+    # files written while a grid rewrote the committed results list those too: not code, not shown
+    written = ["README.md", "benchmark/grid.py", "leaderboard/results/s-v3/wanet/none/seed-0.json"]
+    assert site._code({"commit": "a" * 40, "dirty": True, "changed": written}) == \
+        "aaaaaaaaaaaa + changes to benchmark/grid.py"
+    assert site._code({"commit": "a" * 40, "dirty": True, "changed": written[::2]}) == "a" * 12
 
 
 def test_hardware_label_names_the_gpu_or_the_cpu():

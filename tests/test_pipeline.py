@@ -127,6 +127,18 @@ def test_git_state_names_the_changed_files(tmp_path):
     (tmp_path / "new.py").write_text("")  # untracked: not part of what ran from the repository
     assert provenance.git_state.__wrapped__(str(tmp_path)) == {"commit": clean["commit"], "dirty": True,
                                                               "changed": ["b.py"]}
+    # a grid rewriting the committed results, an edited README: nothing that computes a number
+    for f in ("leaderboard/results/s-v1/badnets/none/seed-0.json", "README.md", "docs/x.md"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("1")
+    run("add", "leaderboard", "README.md", "docs")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+    for f in ("leaderboard/results/s-v1/badnets/none/seed-0.json", "README.md", "docs/x.md"):
+        (tmp_path / f).write_text("2")
+    assert provenance.git_state.__wrapped__(str(tmp_path))["changed"] == ["b.py"]
+    run("checkout", "b.py")
+    assert provenance.git_state.__wrapped__(str(tmp_path))["dirty"] is False
+    (tmp_path / "b.py").write_text("y = 2\n")
     run("mv", "a.py", "a b\u00e9.py")  # a rename, a space, a non-ASCII name: plain paths, no quoting
     assert provenance.git_state.__wrapped__(str(tmp_path))["changed"] == ["a b\u00e9.py", "a.py", "b.py"]
 
