@@ -298,7 +298,7 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
         return [t for t in tasks if not is_done(t, by_name[t.scenario], results, registry, home)]
     # each task's line says how far the run is and its ETA: a log file (nohup, a batch job) gets no progress bar.
     # A phase's count is exact once the phases before it are finished (which controls a scenario needs shows in its
-    # cells' files); until then all its tasks count as left, and each phase counts again when it starts.
+    # cells' files); until then all its tasks count as left, and each phase with work counts again when it starts.
     pending = 0
     for p in phases:
         pending += len(unfinished(p)) if not pending else len(p)
@@ -315,8 +315,7 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
                      "sha256": by_name[t.scenario].sha256} for t in waiting]
             if not todo:
                 continue
-            if i:
-                pending = counts["ran"] + len(todo) + len(unfinished([t for p in phases[i + 1:] for t in p]))
+            pending = counts["ran"] + len(todo) + sum(len(p) for p in phases[i + 1:])
             if executor == "ray":
                 stream = executors.ray(todo, address, max(1, threads or 1), gpus_per_task)
             elif workers > 1:
