@@ -19,6 +19,22 @@ def _registry(args):
     return Registry(default_roots() + [Path(p) for p in args.submissions or []])
 
 
+def _scenario(name: str, registry):
+    """A shipped scenario, a scenario file, or a shipped grid's expansion by name (the leaderboard's names)."""
+    from .errors import BenchError
+    from .grid import grid_expansion
+    from .scenario import load_scenario
+    try:
+        return load_scenario(name, registry)
+    except BenchError:
+        if Path(name).suffix in (".yaml", ".yml") or Path(name).exists():
+            raise
+        found = grid_expansion(name, registry)
+        if found is None:
+            raise
+        return found[1]
+
+
 def cmd_run(args) -> int:
     import torch
 
@@ -26,11 +42,11 @@ def cmd_run(args) -> int:
     from .pipeline import Runner
     from .plan import preflight
     from .report import print_table
-    from .scenario import PluginSpec, load_scenario
+    from .scenario import PluginSpec
     from .store import Store
 
     registry = _registry(args)
-    sc = load_scenario(args.scenario, registry)
+    sc = _scenario(args.scenario, registry)
     preflight(sc, registry)
     pick_ = lambda n, specs: next((s for s in specs if s.id == n), None) or PluginSpec(n)  # noqa: E731
     attacks = [pick_(n, sc.attacks) for n in args.attack] if args.attack else None
@@ -214,12 +230,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from .grid import expansion_names
     from .scenario import shipped_scenarios
 
     registry = _registry(args)
     what = args.what
     if what in (None, "scenarios"):
         print("scenarios: " + ", ".join(shipped_scenarios()))
+        for grid, names in expansion_names().items():
+            print(f"grid {grid} (bdbench grid {grid}; one of them: bdbench run NAME): " + ", ".join(names))
     for kind in ("attack", "defense"):
         if what in (None, kind + "s"):
             print(f"{kind}s:")
@@ -233,9 +252,8 @@ def cmd_show(args) -> int:
     import yaml
 
     from .config import to_dict
-    from .scenario import load_scenario
 
-    sc = load_scenario(args.scenario, _registry(args))
+    sc = _scenario(args.scenario, _registry(args))
     d = to_dict(sc)
     print(yaml.safe_dump(d, sort_keys=False))
     return 0

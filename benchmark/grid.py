@@ -357,6 +357,27 @@ def eta(elapsed: float, ran: int, left: int) -> str:
 
 # ---------------------------------------------------------------- where a result's scenario comes from
 
+def grid_expansion(name: str, registry=None) -> Optional[tuple[str, Scenario]]:
+    """(grid name, scenario) for the shipped grid expansion called `name` (e.g. cpu-cifar10-gtsrb-resnet18 from
+    the `cpu` grid), so that `bdbench run` and `show` take the names the leaderboard prints; None if none is."""
+    for p in sorted(SHIPPED.glob("*.yaml")):
+        is_grid, scenarios = _quiet_load(p)
+        if is_grid and any(s.name == name for s in scenarios):
+            _, scenarios = load_grid(p, registry)  # again with the registry: plugin parameters checked
+            return p.stem, next(s for s in scenarios if s.name == name)
+    return None
+
+
+def expansion_names() -> dict[str, list[str]]:
+    """Shipped grid name -> the names of the scenarios it expands to."""
+    out = {}
+    for p in sorted(SHIPPED.glob("*.yaml")):
+        is_grid, scenarios = _quiet_load(p)
+        if is_grid:
+            out[p.stem] = [s.name for s in scenarios]
+    return out
+
+
 def known_scenarios(repo: Optional[Path] = None) -> list[tuple[str, Scenario]]:
     """Every scenario this checkout can run, as (the command prefix that runs it, the scenario): `bdbench run NAME`
     (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion), or for a file under

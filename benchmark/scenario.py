@@ -249,7 +249,8 @@ def resolve(name_or_path: str) -> Path:
     cand = SHIPPED / f"{name_or_path}.yaml"
     if not cand.is_file():
         raise BenchError(f"unknown scenario '{name_or_path}'. Shipped scenarios: "
-                         f"{', '.join(shipped_scenarios())}; or pass a path to a YAML file.")
+                         f"{', '.join(shipped_scenarios())}; a shipped grid's scenarios (`bdbench list scenarios`); "
+                         f"or pass a path to a YAML file.")
     return Path(str(cand))
 
 

@@ -120,6 +120,26 @@ def test_shipped_grids_plan(registry, capsys):
     assert "vgg16" in capsys.readouterr().out
 
 
+def test_a_grid_scenario_runs_and_shows_by_the_name_the_leaderboard_prints(registry, capsys):
+    """`bdbench run/show cpu-cifar10-gtsrb-resnet18` loads the very scenario the cpu grid runs (same sha256, so
+    its result files are the grid's cells); an unknown name still fails, naming where the names are listed."""
+    from benchmark.cli import _scenario, main
+    _, scs = grid.load_grid("cpu", registry)
+    want = next(s for s in scs if s.name == "cpu-cifar10-gtsrb-resnet18")
+    assert grid.grid_expansion(want.name, registry)[0] == "cpu"
+    got = _scenario(want.name, registry)
+    assert (got.sha256, got.recipe, got.version) == (want.sha256, want.recipe, 3)
+    assert got.upstream.train.epochs == 20 and got.downstream.train.epochs == 10
+    assert _scenario("digits", registry).name == "digits"  # shipped scenarios first
+    assert main(["show", want.name]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["name"] == want.name and shown["attack"]["inject"]["lr"] == 0.05
+    assert main(["show", "cpu-cifar10-gtsrb-vgg16"]) == 2
+    assert "bdbench list scenarios" in capsys.readouterr().err
+    assert main(["list", "scenarios"]) == 0
+    assert "cpu-cifar10-gtsrb-resnet18" in capsys.readouterr().out
+
+
 def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(registry, tmp_path):
     """`bdbench plan --results`: files done / total, and the time left as the sum of the measured stage times of
     exactly the stages that no finished file records (the tiny grid at seed 0, clean seeds 0 and 5)."""
