@@ -127,11 +127,10 @@ def _zoo(args):
 
 def cmd_pull(args) -> int:
     from . import hub
-    from .scenario import load_scenario
 
     zoo = _zoo(args)
     if args.scenario:
-        entries = zoo.for_scenario(load_scenario(args.scenario))
+        entries = zoo.for_scenario(_scenario(args.scenario, None))
         if not entries:
             print(f"{zoo.path} lists no checkpoint for scenario {args.scenario}")
     else:
@@ -149,12 +148,12 @@ def cmd_publish(args) -> int:
     import torch
     from . import hub
     from .pipeline import Runner
-    from .scenario import PluginSpec, load_scenario
+    from .scenario import PluginSpec
     from .store import Store
     from .zoo import AttackRef, Checkpoint, FileRef, ScenarioRef, entry_yaml
 
     registry = _registry(args)
-    sc = load_scenario(args.scenario, registry)
+    sc = _scenario(args.scenario, registry)
     runner = Runner(sc, registry, Store(Path(args.workdir)), Path("."), torch.device("cpu"), progress=False,
                     log=lambda m: None, zoo=None, build=False)
     if args.stage == "upstream":
