@@ -360,11 +360,10 @@ def eta(elapsed: float, ran: int, left: int) -> str:
 def grid_expansion(name: str, registry=None) -> Optional[tuple[str, Scenario]]:
     """(grid name, scenario) for the shipped grid expansion called `name` (e.g. cpu-cifar10-gtsrb-resnet18 from
     the `cpu` grid), so that `bdbench run` and `show` take the names the leaderboard prints; None if none is."""
-    for p in sorted(SHIPPED.glob("*.yaml")):
-        is_grid, scenarios = _quiet_load(p)
-        if is_grid and any(s.name == name for s in scenarios):
-            _, scenarios = load_grid(p, registry)  # again with the registry: plugin parameters checked
-            return p.stem, next(s for s in scenarios if s.name == name)
+    for grid_name, names in expansion_names().items():
+        if name in names:
+            _, scenarios = load_grid(SHIPPED / f"{grid_name}.yaml", registry)  # with the registry: parameters checked
+            return grid_name, next(s for s in scenarios if s.name == name)
     return None
 
 
