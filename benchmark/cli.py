@@ -23,11 +23,11 @@ def _scenario(name: str, registry):
     """A shipped scenario, a scenario file, or a shipped grid's expansion by name (the leaderboard's names)."""
     from .errors import BenchError
     from .grid import grid_expansion
-    from .scenario import load_scenario
+    from .scenario import load_scenario, names_a_file
     try:
         return load_scenario(name, registry)
     except BenchError:
-        if Path(name).suffix in (".yaml", ".yml") or Path(name).exists():
+        if names_a_file(name):
             raise
         found = grid_expansion(name, registry)
         if found is None:

@@ -240,9 +240,15 @@ def shipped_scenarios() -> list[str]:
     return sorted(p.name[:-5] for p in SHIPPED.iterdir() if p.name.endswith(".yaml"))
 
 
+def names_a_file(name_or_path: str) -> bool:
+    """Whether a scenario argument is a path (a YAML suffix or an existing file), not a name."""
+    p = Path(name_or_path)
+    return p.suffix in (".yaml", ".yml") or p.exists()
+
+
 def resolve(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if names_a_file(name_or_path):
         if not p.is_file():
             raise BenchError(f"{p}: scenario file not found")
         return p
