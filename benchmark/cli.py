@@ -39,6 +39,7 @@ def cmd_run(args) -> int:
     import torch
 
     from .device import describe, pick
+    from .isolation import resolve_mode
     from .pipeline import Runner
     from .plan import preflight
     from .report import print_table
@@ -56,8 +57,9 @@ def cmd_run(args) -> int:
     device = pick(args.device)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"bdbench {__version__} · scenario {sc.name} v{sc.version} · device {describe(device)} · store {args.workdir}")
+    isolate = resolve_mode(_isolation(args), log=lambda m: print(m, file=sys.stderr, flush=True))
     runner = Runner(sc, registry, Store(Path(args.workdir)), Path(args.results), device,
-                    progress=not args.quiet, log=log, zoo=_zoo(args), isolate=not args.no_isolation)
+                    progress=not args.quiet, log=log, zoo=_zoo(args), isolate=isolate)
     t0 = time.perf_counter()
     cells = runner.run(attacks, defenses, args.seeds)
     wall = time.perf_counter() - t0
@@ -68,18 +70,32 @@ def cmd_run(args) -> int:
     return 1 if failed and args.strict else 0
 
 
+def _isolation(args) -> str:
+    from .errors import BenchError
+    if args.no_isolation:
+        if args.isolation not in (None, "none"):
+            raise BenchError(f"--no-isolation contradicts --isolation {args.isolation}; give one of them")
+        return "none"
+    return args.isolation or "sandbox"
+
+
 def cmd_grid(args) -> int:
     from . import grid
     from .report import print_table
     from .results import load, scenario_key
 
+    from .device import pick
+    from .isolation import resolve_mode
     registry = _registry(args)
+    pick(args.device)  # a clear error for a device this machine does not have, before any task starts
+    # results of a grid are meant for the leaderboard: no sandbox, no run, unless --isolation says otherwise
+    isolate = resolve_mode(_isolation(args), refuse=True)
     workers = args.workers or _default_workers(args.device)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     counts = grid.run(Path(args.grid), home=Path(args.workdir), results=Path(args.results), registry=registry,
                       executor=args.executor, workers=workers, threads=threads, device=args.device,
-                      isolate=not args.no_isolation, address=args.address, gpus_per_task=args.gpus_per_task,
+                      isolate=isolate, address=args.address, gpus_per_task=args.gpus_per_task,
                       progress=not args.quiet, log=log,
                       only={"scenarios": args.scenario, "attacks": args.attack, "defenses": args.defense,
                             "seeds": args.seeds, "clean_seeds": args.clean_seeds})
@@ -258,6 +274,11 @@ def cmd_show(args) -> int:
     return 0
 
 
+ISOLATION_HELP = ("how each defense runs: sandbox (default; its own process in a bubblewrap sandbox that sees only "
+                  "its inputs), process (its own process, no sandbox: for trusted code or machines without user "
+                  "namespaces), none (in this process, for debugging)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bdbench", description="Backdoor attacks and defenses under transfer learning.")
     p.add_argument("--version", action="version", version=f"bdbench {__version__}")
@@ -279,8 +300,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
     r.add_argument("--zoo", metavar="FILE", help="zoo registry of published checkpoints [benchmark/zoo.yaml]")
     r.add_argument("--no-zoo", action="store_true", help="build every upstream checkpoint locally")
-    r.add_argument("--no-isolation", action="store_true",
-                   help="run defenses in this process (debugging) instead of their own, time- and memory-limited one")
+    r.add_argument("--isolation", choices=["sandbox", "process", "none"], default=None, help=ISOLATION_HELP)
+    r.add_argument("--no-isolation", action="store_true", help="the same as --isolation none")
     r.set_defaults(fn=cmd_run)
 
     g = sub.add_parser("grid", parents=[common], help="run a grid of scenarios x attacks x defenses x seeds, resumably")
@@ -301,7 +322,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--results", default="bdbench-results", help="where result files go")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
-    g.add_argument("--no-isolation", action="store_true", help="run defenses in the task's process")
+    g.add_argument("--isolation", choices=["sandbox", "process", "none"], default=None,
+                   help=ISOLATION_HELP + "; a grid refuses to start without a sandbox unless this says otherwise")
+    g.add_argument("--no-isolation", action="store_true", help="the same as --isolation none")
     g.set_defaults(fn=cmd_grid)
 
     pl_ = sub.add_parser("plan", parents=[common], help="validate a grid or scenario; print its cells and rough cost")

@@ -16,15 +16,35 @@ from typing import Any, Literal, Union
 from .errors import ConfigError
 
 
+# YAML 1.2's floats. PyYAML implements YAML 1.1, where a float needs a dot and a signed exponent: it reads `1e-2`,
+# `1e5` or `5e-4`, as people write learning rates, as strings. This loader reads them as floats (and still reads
+# `1.0e-2`, `.5`, `.inf`, `.nan` as before; an int stays an int).
+FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+                           |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                           |[-+]?\.(?:inf|Inf|INF)
+                           |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
+    return Loader
+
+
 def read_yaml(raw: bytes, file) -> Any:
-    """YAML from the bytes of `file`; a syntax error or non-UTF-8 text is a ConfigError naming the file."""
+    """YAML from the bytes of `file` (scientific notation such as `1e-2` read as a number, as YAML 1.2 does); a
+    syntax error or non-UTF-8 text is a ConfigError naming the file."""
     import yaml
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(file, "<root>", f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(file, "<root>", f"not valid YAML: {e}") from None
 

@@ -7,12 +7,23 @@ import torch
 
 
 def pick(name: str = "auto") -> torch.device:
+    """The device `--device NAME` names: auto, cpu, cuda or cuda:N; anything else is a BenchError saying so."""
+    from .errors import BenchError
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import BenchError
-        raise BenchError("--device cuda was asked for, but torch sees no CUDA device; use --device auto or cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device {name!r} is not a device bdbench runs on; use auto (CUDA if present, else the "
+                         f"CPU), cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {name} was asked for, but torch sees no CUDA device; use --device auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BenchError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0; use --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

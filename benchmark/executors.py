@@ -44,8 +44,10 @@ def run_task(job: dict) -> dict:
         o = job.get("only") or {}
         sc = select(sc, o.get("attacks"), o.get("defenses"), o.get("seeds"), o.get("clean_seeds"))
         device = pick(_WORKER_DEVICE or job["device"])
+        from .isolation import resolve_mode
+        isolate = resolve_mode(job["isolate"], refuse=True)  # a worker without a sandbox runs no leaderboard task
         runner = Runner(sc, registry, Store(Path(job["home"])), Path(job["results"]), device, progress=False,
-                        log=lambda m: None, isolate=job["isolate"])
+                        log=lambda m: None, isolate=isolate)
         computed_before = 0
         if job["kind"] == "upstream":
             runner.clean_upstream()

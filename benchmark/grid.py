@@ -268,7 +268,7 @@ def is_done(task: Task, sc: Scenario, results: Path, registry, home: Path) -> bo
 
 
 def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str = "local", workers: int = 1,
-        threads: int = 0, device: str = "auto", isolate: bool = True, address: str | None = None,
+        threads: int = 0, device: str = "auto", isolate: bool | str = True, address: str | None = None,
         gpus_per_task: float = 0.0, progress: bool = True, log=print, only: dict | None = None) -> dict:
     """Run every unfinished task of the grid, phase by phase; returns counts for the caller to report.
     `only`: {scenarios, attacks, defenses, seeds} restricting what runs (None entries: everything)."""

@@ -1,17 +1,23 @@
 """Run a submitted defense in its own process, with a wall-time and a memory limit.
 
 The child gets files, not objects, in a fresh temporary folder that is also its working directory: a copy
-of the delivered model (safetensors) and the defender's data (the clean budget, or for a data-inspection
-defense the training set without its poison mask). Only after the defense has returned does the parent
-write the unlabeled evaluation inputs for its per-input scorer. Nothing in the child's memory, call stack
-or environment leads to the attack, its target, the store or the results (tests/test_isolation.py has a
-defense that tries). A crash, a hang or a memory blow-up becomes a `DefenseFailure` naming what happened;
-the parent and the rest of the grid go on.
+of the delivered model (safetensors, its training-history counters zeroed: see `models.for_defense`) and the
+defender's data (the clean budget, or for a data-inspection defense the training set without its poison mask).
+Only after the defense has returned does the parent write the unlabeled evaluation inputs for its per-input
+scorer. A crash, a hang or a memory blow-up becomes a `DefenseFailure` naming what happened; the parent and the
+rest of the grid go on.
 
-Defense processes are forked from a fork server (multiprocessing's "forkserver"): a fresh interpreter, started
-once per run, that has imported torch, timm and the harness. A child thus starts in well under a second instead
-of paying those imports (5-10 s on 2 cores, about 8 s per defense on a GPU machine), and, like a spawned one,
-inherits nothing of the run's own memory. The server imports modules only; it never touches CUDA.
+Two ways to run the child (`MODES`):
+
+- `sandbox` (the default): a fresh interpreter in a bubblewrap sandbox (sandbox.py) that sees its folder, the
+  Python installation, the harness and its own submission, read-only, and nothing else: not the store, the
+  results, the caller's /proc, environment or open files, nor the network. tests/test_isolation.py has a
+  defense that looks everywhere and finds nothing. Each defense pays the interpreter's start (importing torch
+  and timm: a few seconds on 2 cores).
+- `process`: forked from a fork server (multiprocessing's "forkserver", a fresh interpreter started once per run
+  that has imported torch, timm and the harness), so it inherits nothing of the run's memory and starts in well
+  under a second; but it shares the caller's filesystem, /proc and network. For machines without user
+  namespaces and for development: results computed so are marked in their provenance.
 """
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import shutil
 import tempfile
 import time
 import traceback
@@ -34,6 +39,7 @@ from .data import ImageSet
 from .errors import BenchError
 
 HIDDEN_ENV = ("BDBENCH_HOME", "BDBENCH_RESULTS")
+MODES = ("sandbox", "process", "none")  # "none": in the run's own process (Runner._invoke), for debugging
 
 
 class DefenseFailure(BenchError):
@@ -52,7 +58,8 @@ def _alive(pid: int) -> bool:
 
 def _orphan_watch(caller: int) -> None:
     """Exit when the run that asked for this defense dies (e.g. a grid killed with -9), or when this process is
-    re-parented (its fork server exits once the run is gone): no defense keeps running unowned."""
+    re-parented (its fork server exits once the run is gone): no defense keeps running unowned. (In a sandbox,
+    bwrap's --die-with-parent does this.)"""
     ppid = os.getppid()
     while os.getppid() == ppid and _alive(caller):
         time.sleep(1.0)
@@ -71,12 +78,63 @@ def _context():
     return mp.get_context("spawn")
 
 
+def resolve_mode(mode, *, refuse: bool = False, log=print) -> str:
+    """The isolation a run will use: `mode` (or True -> sandbox, False -> none), with `sandbox` falling back to
+    `process` where no sandbox can start: loudly, or as an error when `refuse` (a leaderboard run)."""
+    mode = {True: "sandbox", False: "none"}.get(mode, mode)
+    if mode not in MODES:
+        raise BenchError(f"isolation {mode!r}: use one of {', '.join(MODES)}")
+    if mode != "sandbox":
+        return mode
+    from . import sandbox
+    ok, why = sandbox.available()
+    if ok:
+        return mode
+    if refuse:
+        raise BenchError(f"no sandbox for defenses on this machine ({why}). Results meant for the leaderboard run "
+                         f"submitted code in a sandbox; to run anyway, say so: --isolation process (the results "
+                         f"record it)")
+    log(f"WARNING: no sandbox for defenses on this machine ({why}). Each defense runs in a plain process, which "
+        f"can read the store, the results and the run's /proc: do not score untrusted submissions like this.")
+    return "process"
+
+
+def checked(out, name: str, given: torch.nn.Module):
+    """What a defense returned, if it is a DefenseOutput the harness can score; else a DefenseFailure saying what
+    the contract (benchmark/plugins.py) asks for."""
+    from .plugins import DefenseOutput
+    if not isinstance(out, DefenseOutput):
+        raise DefenseFailure(f"defense '{name}' returned {type(out).__name__}, not a DefenseOutput; return "
+                             f"DefenseOutput(model=..., model_score=..., input_scorer=...) (benchmark/plugins.py)")
+    if out.model is not None and not isinstance(out.model, models.Classifier):
+        raise DefenseFailure(f"defense '{name}' returned a model of type {type(out.model).__name__}; return the "
+                             f"Classifier it was given (changed in place) or a copy of it")
+    if out.model is not None and out.model.config != given.config:
+        raise DefenseFailure(f"defense '{name}' returned a model of another architecture ({out.model.config}); "
+                             f"a repaired model keeps the delivered one's ({given.config})")
+    if out.model_score is not None and (isinstance(out.model_score, bool)
+                                        or not isinstance(out.model_score, (int, float, torch.Tensor))
+                                        or torch.as_tensor(out.model_score).numel() != 1):
+        raise DefenseFailure(f"defense '{name}' returned model_score {out.model_score!r:.80}: it must be one number "
+                             f"(higher = more likely backdoored) or None")
+    if out.input_scorer is not None and not callable(out.input_scorer):
+        raise DefenseFailure(f"defense '{name}': input_scorer must be a function of a batch of images, got "
+                             f"{type(out.input_scorer).__name__}")
+    return out
+
+
+def main() -> None:
+    """The sandboxed child's entry: the job lies in its working folder."""
+    _child(json.loads(Path("job.json").read_text()))
+
+
 def _child(job: dict) -> None:
-    import threading
-    threading.Thread(target=_orphan_watch, args=(job["parent"],), daemon=True).start()
-    os.chdir(job["folder"])  # relative paths in the defense resolve inside its own folder
-    for k in HIDDEN_ENV:
-        os.environ.pop(k, None)
+    if job.get("watch"):  # forked in process mode; in a sandbox, bwrap kills the child with its parent
+        import threading
+        threading.Thread(target=_orphan_watch, args=(job["parent"],), daemon=True).start()
+        os.chdir(job["folder"])  # relative paths in the defense resolve inside its own folder
+        for k in HIDDEN_ENV:
+            os.environ.pop(k, None)
     try:
         if job["memory_gb"] and job["device"] == "cpu":  # an address-space cap breaks CUDA's reservations
             cap = int(job["memory_gb"] * (1 << 30))
@@ -86,7 +144,7 @@ def _child(job: dict) -> None:
         from .registry import Registry
         from .training import scores
 
-        registry = Registry([Path(r) for r in job["roots"]], entry_points=True)
+        registry = Registry([Path(job["plugin"])] if job["plugin"] else [], entry_points=job["entry_points"])
         plugin = registry.create("defense", job["name"], job["params"])
         t = load_file("data.safetensors")
         data = ImageSet(t["images"], t["labels"], job["classes"])
@@ -95,8 +153,10 @@ def _child(job: dict) -> None:
         device = torch.device(job["device"])
         ctx = Context(device, job["seed"], progress=False)
         out = plugin.inspect(model, data, ctx) if plugin.position == "data" else plugin.run(model, data, ctx)
-        result = {"model_score": None if out.model_score is None else float(out.model_score),
-                  "info": json.loads(json.dumps(out.info)), "has_model": out.model is not None, "scored": False}
+        out = checked(out, job["name"], models.load(Path("model.safetensors"), job["config"]))
+        result = {"model_score": None if out.model_score is None else repr(float(out.model_score)),
+                  "info": json.loads(json.dumps(out.info)), "has_model": out.model is not None,
+                  "scored": False}
         if out.model is not None:
             models.save(out.model.cpu(), Path("repaired.safetensors"))
         extra = {k: torch.as_tensor(v).detach().flatten().float().cpu().contiguous()
@@ -111,28 +171,88 @@ def _child(job: dict) -> None:
             s = scores(out.input_scorer, ImageSet(e, torch.zeros(len(e), dtype=torch.long), ["?"]), device=device)
             save_file({"scores": s.contiguous()}, "scores.safetensors")
             result["scored"] = True
-        Path("result.json").write_text(json.dumps(result))
+        Path("result.json").write_text(json.dumps(result))  # info may hold NaN or inf: Python reads them back
     except BaseException as e:  # report everything, MemoryError and SystemExit included
         Path("error.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)[:2000],
                                                   "traceback": traceback.format_exception(e)[-6:]}))
         os._exit(1)
 
 
+class _Sandboxed:
+    """A sandboxed child behind the few calls run_defense makes of a multiprocessing.Process."""
+
+    def __init__(self, folder: Path, plugin: Optional[str], device: torch.device, threads: int):
+        import sys
+
+        from . import sandbox
+        self.p = sandbox.popen(folder, [sys.executable, "-c", "from benchmark.isolation import main; main()"],
+                               plugin_folder=Path(plugin) if plugin else None, gpu=device.type == "cuda",
+                               threads=threads, log=folder / "output.log")
+
+    def is_alive(self) -> bool:
+        return self.p.poll() is None
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        try:
+            self.p.wait(timeout)
+        except Exception:
+            pass
+
+    def kill(self) -> None:
+        import signal
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)  # bwrap and everything in its session
+        except ProcessLookupError:
+            pass
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self.p.returncode
+
+
+def _plugin_source(roots: list[Path], name: str) -> tuple[Optional[str], bool]:
+    """The defense's own submission folder (all the child may see of the submissions), or (None, True) for one
+    registered through an installed package's entry point."""
+    from .registry import Registry
+    reg = Registry(roots, entry_points=False)
+    if name in reg.names("defense"):
+        return reg.manifest("defense", name).folder, False
+    Registry(roots, entry_points=True).manifest("defense", name)  # unknown anywhere: the registry's error
+    return None, True
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"\n--- the defense's last output ---\n{text[-n:]}" if text else ""
+
+
 def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path, config: dict, data: ImageSet,
                 eval_images: Optional[torch.Tensor], device: torch.device, seed: int, time_limit: float,
-                memory_gb: float) -> dict:
-    """What the defense returned: model (repaired or None), model_score, info, scores (of eval_images),
-    sample_scores, sample_flags."""
+                memory_gb: float, mode: str = "sandbox") -> dict:
+    """What the defense returned: model (repaired or None), model_score (a float, possibly NaN or inf), info,
+    scores (of eval_images), sample_scores, sample_flags."""
+    if mode not in ("sandbox", "process"):
+        raise ValueError(f"run_defense runs 'sandbox' or 'process', not {mode!r}")
+    plugin, entry_points = _plugin_source(roots, name)
     with tempfile.TemporaryDirectory(prefix="bdbench-defense-") as tmp:
         folder = Path(tmp)
-        shutil.copyfile(model_path, folder / "model.safetensors")  # no path into the store
+        models.for_defense(model_path, folder / "model.safetensors")  # no path into the store, no history
         save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
                   str(folder / "data.safetensors"))
-        job = {"folder": tmp, "parent": os.getpid(), "roots": [str(r) for r in roots], "name": name, "params": params,
-               "config": config, "classes": data.classes, "device": str(device), "seed": seed,
-               "memory_gb": memory_gb, "threads": torch.get_num_threads(), "has_eval": eval_images is not None}
-        proc = _context().Process(target=_child, args=(job,), daemon=True)
-        proc.start()
+        job = {"folder": tmp if mode == "process" else ".", "plugin": plugin, "entry_points": entry_points,
+               "name": name, "params": params, "config": config, "classes": data.classes, "device": str(device),
+               "seed": seed, "memory_gb": memory_gb, "threads": torch.get_num_threads(),
+               "has_eval": eval_images is not None}
+        if mode == "sandbox":
+            (folder / "job.json").write_text(json.dumps(job))
+            proc = _Sandboxed(folder, plugin, device, job["threads"])
+        else:
+            job.update(watch=True, parent=os.getpid())
+            proc = _context().Process(target=_child, args=(job,), daemon=True)
+            proc.start()
         deadline, sent = time.monotonic() + time_limit, False
         while proc.is_alive() and time.monotonic() < deadline:
             proc.join(0.05)
@@ -144,17 +264,18 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
             proc.kill()
             proc.join()
             raise DefenseFailure(f"defense '{name}' exceeded its wall-time limit of {time_limit:g} s and was stopped")
+        out = _tail(folder / "output.log")
         if (folder / "error.json").exists():
             e = json.loads((folder / "error.json").read_text())
             hint = f" (memory limit {memory_gb:g} GiB)" if e["type"] == "MemoryError" or "allocate" in e["message"] else ""
             raise DefenseFailure(f"defense '{name}' raised {e['type']}: {e['message']}{hint}\n"
-                                 + "".join(e["traceback"]))
+                                 + "".join(e["traceback"]) + out)
         if proc.exitcode != 0 or not (folder / "result.json").exists():
             raise DefenseFailure(f"defense '{name}' died with exit code {proc.exitcode} "
-                                 f"(killed by the system? memory limit {memory_gb:g} GiB)")
+                                 f"(killed by the system? memory limit {memory_gb:g} GiB){out}")
         r = json.loads((folder / "result.json").read_text())
         samples = load_file(str(folder / "samples.safetensors")) if (folder / "samples.safetensors").exists() else {}
         return {"model": models.load(folder / "repaired.safetensors", None) if r["has_model"] else None,
-                "model_score": r["model_score"], "info": r["info"],
+                "model_score": None if r["model_score"] is None else float(r["model_score"]), "info": r["info"],
                 "scores": load_file(str(folder / "scores.safetensors"))["scores"] if r["scored"] else None,
                 "sample_scores": samples.get("sample_scores"), "sample_flags": samples.get("sample_flags")}

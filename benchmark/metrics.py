@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -83,31 +84,51 @@ def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
 
 
 def detection(labels, scores) -> dict:
-    """AUROC, AUPR and TPR at 5% FPR of continuous scores (label 1 = positive, higher = more suspicious)."""
-    return {"auroc": auroc(labels, scores), "aupr": aupr(labels, scores), "tpr_at_5fpr": tpr_at_fpr(labels, scores)}
+    """AUROC, AUPR and TPR at 5% FPR of continuous scores (label 1 = positive, higher = more suspicious).
+
+    A NaN or infinite score (or None) says nothing about its input, so it counts 0.5: every (positive, negative)
+    pair it is part of is a tie in the AUROC, and for AUPR and TPR at 5% FPR it ranks below every finite score
+    (never detected). `nonfinite` counts them; with none, the three equal sklearn's on the same scores."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray([np.nan if x is None else x for x in np.asarray(scores, dtype=object).ravel()],
+                        dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError("labels and scores differ in length")
+    bad = ~np.isfinite(scores)
+    if not bad.any():
+        return {"auroc": auroc(labels, scores), "aupr": aupr(labels, scores),
+                "tpr_at_5fpr": tpr_at_fpr(labels, scores), "nonfinite": 0}
+    _prepared(labels, np.zeros(len(labels)))  # both classes present, or the usual error
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    fp, fn = int((labels & ~bad).sum()), int((~labels & ~bad).sum())  # finite positives, finite negatives
+    wins = auroc(labels[~bad], scores[~bad]) * fp * fn if fp and fn else 0.0
+    floor = scores[~bad].min() - 1.0 if (~bad).any() else 0.0
+    s = np.where(bad, floor, scores)
+    return {"auroc": float((wins + 0.5 * (pos * neg - fp * fn)) / (pos * neg)), "aupr": aupr(labels, s),
+            "tpr_at_5fpr": tpr_at_fpr(labels, s), "nonfinite": int(bad.sum())}
+
+
+def finite_or_none(v) -> Optional[float]:
+    """A model-level score as stored: the float, or None for None, NaN or inf (see `nonfinite_label`)."""
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def nonfinite_label(v) -> Optional[str]:
+    """'nan', 'inf' or '-inf' for a non-finite score (recorded in the result file), else None."""
+    return None if v is None or math.isfinite(float(v)) else repr(float(v))
 
 
 def model_detection(positive: list, negative: list) -> dict:
     """Model-level detection over a population: scores of backdoored-upstream models (positive) and
-    clean-upstream models (negative). A missing or NaN score counts 0.5, as TrojAI does: every pair it
-    is part of counts as a tie in the AUROC; for AUPR and TPR at 5% FPR it ranks below every observed
+    clean-upstream models (negative). A missing, NaN or infinite score counts 0.5, as TrojAI does (`detection`):
+    every pair it is part of counts as a tie in the AUROC; for AUPR and TPR at 5% FPR it ranks below every observed
     score (never detected). `missing` reports how many there were."""
-    def clean(v):
-        return [None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x) for x in v]
-    pos, neg = clean(positive), clean(negative)
-    if not pos or not neg:
-        raise ValueError(f"model-level detection needs both populations; got {len(pos)} backdoored and "
-                         f"{len(neg)} clean models")
-    po, no = [x for x in pos if x is not None], [x for x in neg if x is not None]
-    wins = sum((p > n) + 0.5 * (p == n) for p in po for n in no)
-    ties = len(pos) * len(neg) - len(po) * len(no)  # pairs with a missing score
-    out = {"auroc": (wins + 0.5 * ties) / (len(pos) * len(neg)), "n_backdoored": len(pos), "n_clean": len(neg),
-           "missing": len(pos) - len(po) + len(neg) - len(no)}
-    floor = min(po + no, default=0.0) - 1.0
-    y = [1] * len(pos) + [0] * len(neg)
-    s = [floor if x is None else x for x in pos + neg]
-    out["aupr"], out["tpr_at_5fpr"] = aupr(y, s), tpr_at_fpr(y, s)
-    return out
+    if not positive or not negative:
+        raise ValueError(f"model-level detection needs both populations; got {len(positive)} backdoored and "
+                         f"{len(negative)} clean models")
+    d = detection([1] * len(positive) + [0] * len(negative), list(positive) + list(negative))
+    return {"auroc": d["auroc"], "n_backdoored": len(positive), "n_clean": len(negative), "missing": d["nonfinite"],
+            "aupr": d["aupr"], "tpr_at_5fpr": d["tpr_at_5fpr"]}
 
 
 def der(ca_before: float, ca_after: float, asr_before: float, asr_after: float) -> float:

@@ -82,6 +82,31 @@ def save(model: Classifier, path: Path) -> None:
     Path(path).with_suffix(".config.json").write_text(json.dumps(model.config, indent=1))
 
 
+# Buffers that record a model's training history rather than what it computes: a backdoored model was trained for
+# more batches than a clean one, so a detector could tell them apart by this count alone (TDC's detectors were
+# caught reading it). With the default batch-norm momentum the count changes no output.
+HISTORY = ("num_batches_tracked",)
+
+
+def for_defense(src: Path, dst: Path) -> None:
+    """The copy of a model a defense receives: the same weights and statistics, its training-history counters
+    (HISTORY) zeroed, and no file metadata beyond safetensors' format tag."""
+    from safetensors.torch import load_file, save_file
+    t = load_file(str(src))
+    for k in t:
+        if k.rsplit(".", 1)[-1] in HISTORY:
+            t[k] = torch.zeros_like(t[k])
+    save_file(t, str(dst), metadata={"format": "pt"})
+
+
+def forget_history(model: nn.Module) -> nn.Module:
+    """In place: zero the HISTORY buffers, as for_defense does to the file."""
+    for name, b in model.named_buffers():
+        if name.rsplit(".", 1)[-1] in HISTORY:
+            b.zero_()
+    return model
+
+
 def load(path: Path, config: dict | None = None) -> Classifier:
     path = Path(path)
     if path.suffix != ".safetensors":

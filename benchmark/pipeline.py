@@ -11,6 +11,7 @@ the defense, with provenance and each stage's wall time.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -58,9 +59,14 @@ class Runner:
     progress: bool = True
     log: Callable[[str], None] = print
     zoo: Optional[Zoo] = None   # published checkpoints to use instead of building upstream stages
-    isolate: bool = False       # run each defense in its own process, with the scenario's limits
+    isolate: bool | str = False  # "sandbox" / "process": each defense in its own process, with the scenario's limits
+                                 # (isolation.MODES); True means "sandbox", False "none" (in this process)
     build: bool = True          # False: only look up finished stages (e.g. to publish one)
     _data: Optional[Data] = field(default=None, init=False)
+
+    def __post_init__(self):
+        from .isolation import resolve_mode
+        self.isolate = resolve_mode(self.isolate, log=self.log)  # "sandbox" falls back to "process", loudly
 
     # ---------------------------------------------------------------- data
     @property
@@ -231,15 +237,21 @@ class Runner:
             model = out["model"]
             after = self._scores(model if model is not None else delivered.model(), a, d.down_test, target)
             m = {**after, "repaired": model is not None, "clean_budget": len(clean),
-                 "model_score": out["model_score"], "input_auroc": None}
+                 "model_score": metrics.finite_or_none(out["model_score"]), "input_auroc": None}
+            nonfinite = {"model_score": metrics.nonfinite_label(out["model_score"])}
             if a is not None:
                 m["der"] = metrics.der(before["ca"], after["ca"], before["asr"], after["asr"])
                 if out["scores"] is not None:
+                    if out["scores"].shape != eval_labels.shape:
+                        raise BenchError(f"defense '{defense.name}': input_scorer gave {tuple(out['scores'].shape)} "
+                                         f"scores for {len(eval_labels)} inputs; it must return one per input")
                     det = metrics.detection(eval_labels.numpy(), out["scores"].numpy())
                     m.update(input_auroc=det["auroc"], input_aupr=det["aupr"], input_tpr_at_5fpr=det["tpr_at_5fpr"])
+                    nonfinite["input_scores"] = det["nonfinite"]
             else:
                 m["der"] = None
-            return model, {"metrics": m, "info": out["info"]}
+            _flag_nonfinite(m, nonfinite, f"defense '{defense.name}'", self.log)
+            return model, {"metrics": m, "info": out["info"], "isolation": self.isolate}
         what = f"{defense.id} against {attack.id}" if attack is not None else f"{defense.id} on the clean-upstream model"
         return self._build("defense", spec, fn, f"{what} (seed {seed})")
 
@@ -265,12 +277,13 @@ class Runner:
             det = metrics.detection(mask.numpy(), s.numpy())
             m = {"sample_auroc": det["auroc"], "sample_aupr": det["aupr"], "sample_tpr_at_5fpr": det["tpr_at_5fpr"],
                  "samples": len(up), "poisoned": int(mask.sum())}
+            _flag_nonfinite(m, {"sample_scores": det["nonfinite"]}, f"defense '{defense.name}'", self.log)
             flags = out["sample_flags"]
             if flags is not None:
                 flags = flags.bool()
                 m.update(flagged=int(flags.sum()), flagged_tpr=float(flags[mask].float().mean()),
                          flagged_fpr=float(flags[~mask].float().mean()))
-            return None, {"metrics": m, "info": out["info"]}
+            return None, {"metrics": m, "info": out["info"], "isolation": self.isolate}
         return self._build("defense", spec, fn, f"{defense.id} inspects the training set poisoned by {attack.id} "
                                                 f"(seed {seed})")
 
@@ -278,17 +291,19 @@ class Runner:
         """Run a defense, in its own process when isolating; a plain dict of what it returned."""
         sc = self.scenario
         torch.manual_seed(seed)
-        if self.isolate:
+        if self.isolate != "none":
             from .isolation import run_defense
             return run_defense(roots=self.registry.roots, name=defense.name, params=defense.params,
                                model_path=delivered.folder / "model.safetensors",
                                config=delivered.meta["model"]["config"], data=data, eval_images=eval_images,
                                device=self.device, seed=seed, time_limit=sc.defender.time_limit_s,
-                               memory_gb=sc.defender.memory_gb)
+                               memory_gb=sc.defender.memory_gb, mode=self.isolate)
         plugin: Defense = self.registry.create("defense", defense.name, defense.params)
         ctx = self.ctx(seed)
-        out = plugin.inspect(delivered.model(), data, ctx) if plugin.position == "data" else \
-            plugin.run(delivered.model(), data, ctx)
+        model = models.forget_history(delivered.model())  # what an isolated defense receives (models.for_defense)
+        out = plugin.inspect(model, data, ctx) if plugin.position == "data" else plugin.run(model, data, ctx)
+        from .isolation import checked
+        out = checked(out, defense.name, delivered.model())
         s = None
         if out.input_scorer is not None and eval_images is not None:
             s = training.scores(out.input_scorer, ImageSet(eval_images, torch.zeros(len(eval_images)), ["?"]),
@@ -433,12 +448,13 @@ class Runner:
                 "code": self.registry.code_hash("defense", defense.name)},
             "status": "ok" if error is None else "failed",
             "metrics": scores,
-            "info": info,
+            "info": _labelled(info),
             "artifacts": {k: v.key for k, v in stages.items()},
             # the weights behind each key: a stage retrained elsewhere (other hardware) keeps its key, not its sha
             "weights": {k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model},
             "wall_time_s": {k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
-            "provenance": collect(self.device),
+            "provenance": {**collect(self.device), **({"isolation": stages["defense"].meta["isolation"]}
+                                                       if "isolation" in getattr(stages.get("defense"), "meta", {}) else {})},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if error is not None:
@@ -475,6 +491,25 @@ def _unchanged(path: Path, res: dict) -> Optional[dict]:
     return old if same and old.get("weights", res["weights"]) == res["weights"] else None
 
 
+def _labelled(o):
+    """`info` with its non-finite floats as the strings 'nan', 'inf', '-inf' (JSON has no such numbers)."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return repr(o)
+    if isinstance(o, dict):
+        return {k: _labelled(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_labelled(v) for v in o]
+    return o
+
+
+def _flag_nonfinite(m: dict, found: dict, who: str, log) -> None:
+    """Record in the metrics which of a defense's scores were NaN or infinite (each counted 0.5: metrics.detection)."""
+    found = {k: v for k, v in found.items() if v}
+    if found:
+        m["nonfinite"] = found
+        log(f"[nonfinite] {who} returned NaN or infinite scores ({found}); each counts 0.5 (a tie) in detection")
+
+
 def _score(v) -> Optional[float]:
     return None if v is None else float(v)
 
@@ -484,8 +519,9 @@ def _cpu(t):
 
 
 def _finite(o):
-    """NaN (e.g. an ASR with no non-target input) is written as null: JSON has no NaN."""
-    if isinstance(o, float) and o != o:
+    """NaN (e.g. an ASR with no non-target input) or inf is written as null: JSON has neither. (A plugin's
+    free-form `info` keeps them as the strings 'nan', 'inf', '-inf': see _labelled.)"""
+    if isinstance(o, float) and not math.isfinite(o):
         return None
     if isinstance(o, dict):
         return {k: _finite(v) for k, v in o.items()}

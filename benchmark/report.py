@@ -52,6 +52,9 @@ def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, s
                     vals[k].append(v)
             failed = [c for c in dc if c["status"] != "ok"]
             note = f"{len(failed)} failed: {failed[0]['error']['type']}: {failed[0]['error']['message'][:80]}" if failed else ""
+            flagged = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
+            if flagged:
+                note = "; ".join(x for x in (note, f"NaN/inf scores in {flagged} cell(s), counted 0.5") if x)
             table.append((f"  + {d}", vals, len(ok), note))
         failed_attack = [c for c in cs if c["defense"] is None and c["status"] != "ok"]
         if failed_attack:

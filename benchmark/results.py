@@ -95,8 +95,9 @@ def is_control(c: dict) -> bool:
 def gives_model_score(c: dict) -> bool:
     """A finished cell of an attack that plants a backdoor, where the defense gave a model score: such a
     defense needs the controls (clean-upstream and null-attack cells) that model-level detection compares with."""
+    m = ((c.get("metrics") or {}).get("defense") or {})
     return not is_control(c) and not c["attack"].get("null") and c["status"] == "ok" and \
-        ((c.get("metrics") or {}).get("defense") or {}).get("model_score") is not None
+        (m.get("model_score") is not None or "model_score" in (m.get("nonfinite") or {}))
 
 
 def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
@@ -262,6 +263,7 @@ def defense_rows(cells: list[dict]) -> list[dict]:
         for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score", "sample_auroc", "sample_aupr",
                   "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr"):
             row[k] = _stats(ok, d(k))
+        row["nonfinite"] = sum(bool((c["metrics"]["defense"] or {}).get("nonfinite")) for c in ok)
         row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
         for k in ("ca", "asr", "ra"):
             row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])

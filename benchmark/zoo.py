@@ -14,8 +14,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import Invalid, parse, to_dict
-from .errors import BenchError, ConfigError
+from .config import Invalid, parse, read_yaml, to_dict
+from .errors import BenchError
 
 SHIPPED = Path(str(resources.files("benchmark") / "zoo.yaml"))
 
@@ -89,10 +89,7 @@ class Zoo:
         self.path = Path(path)
         if not self.path.is_file():
             raise BenchError(f"zoo registry {self.path} not found")
-        try:
-            data = yaml.safe_load(self.path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(self.path, "<root>", f"not valid YAML: {e}") from None
+        data = read_yaml(self.path.read_bytes(), self.path) or {}
         self.entries = {c.name: c for c in parse(ZooFile, data, file=self.path).checkpoints}
 
     def __getitem__(self, name: str) -> Checkpoint:

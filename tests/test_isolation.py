@@ -1,5 +1,6 @@
 """Submitted defenses run in their own process: a crash, a hang or a memory blow-up is a failed cell."""
 import dataclasses
+import json
 
 import pytest
 
@@ -8,43 +9,114 @@ from benchmark.scenario import Defender, PluginSpec
 
 from .conftest import REPO, Run, write_submission
 
-# A defense that tries every way it can think of to reach the attack, its target, triggered data, the
-# store or the results through what it is given or what lives in its process; it reports what it found.
+# A defense that tries every way it can think of to reach the attack, its target, triggered data, the store or
+# the results: through what it is given, what lives in its process, its environment and open files, every process
+# it can see in /proc, the sockets and network interfaces it can see, and every file it can reach from /. It looks
+# for `forbidden` strings (hex-encoded in its parameters; the store's and the results' paths, and a canary the test writes into both) and
+# reports where it found them.
 CHEAT = """
-import gc, os, sys
+import gc, json, os, stat, struct, sys, time
 from pathlib import Path
 from benchmark import Defense, DefenseOutput
 SECRET_NAMES = {"attack", "planted", "target", "eval_images", "eval_labels", "before", "a", "runner", "self_runner"}
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", sys.prefix, sys.base_prefix)
+
+
+def read(path, n=1 << 16):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n).decode("latin-1")
+    except OSError:
+        return ""
+
+
 class Plugin(Defense):
     def run(self, model, clean, ctx):
-        found = []
-        forbidden = self.params["forbidden"]
+        found = set()
+        forbidden = [bytes.fromhex(h).decode() for h in self.params["forbidden"]]  # hex: not in its own inputs
+
+        def look(where, text):
+            if any(f in text for f in forbidden):
+                found.add(where)
+
         f = sys._getframe(1)
         while f is not None:  # the call stack: whoever called run() and their locals
             for k, v in f.f_locals.items():
                 if k in SECRET_NAMES and v is not None and f.f_code.co_name != "run":
-                    found.append(f"stack local {k} in {f.f_code.co_name}")
-                if forbidden in repr(v)[:100000]:
-                    found.append(f"stack local {k} in {f.f_code.co_name} names the store")
+                    found.add(f"stack local {k} in {f.f_code.co_name}")
+                look(f"stack local {k} in {f.f_code.co_name}", repr(v)[:100000])
             f = f.f_back
         for o in gc.get_objects():  # anything alive in the process
             t = type(o).__name__
-            if (t in ("Runner", "Store", "Artifact", "Poisoning") and type(o).__module__.startswith("benchmark")) or (t != "Plugin" and any(
-                    b.__name__ == "Attack" for b in type(o).__mro__[1:])):
-                found.append(f"live object {t}")
+            if (t in ("Runner", "Store", "Artifact", "Poisoning") and type(o).__module__.startswith("benchmark")) or (
+                    t != "Plugin" and any(b.__name__ == "Attack" for b in type(o).__mro__[1:])):
+                found.add(f"live object {t}")
         for k, v in os.environ.items():
-            if forbidden in v:
-                found.append(f"environment {k}")
+            look(f"environment {k}", k + "=" + v)
+        for p in os.listdir("/proc"):  # every process it can see: its environment, command line, files
+            if not p.isdigit():
+                continue
+            for item in ("environ", "cmdline", "maps", "mountinfo"):
+                look(f"/proc/{'self' if int(p) == os.getpid() else 'N'}/{item}", read(f"/proc/{p}/{item}", 1 << 20))
+            for link in ("cwd", "root", "exe"):
+                try:
+                    look(f"/proc/N/{link}", os.readlink(f"/proc/{p}/{link}"))
+                except OSError:
+                    pass
+            try:
+                for fd in os.listdir(f"/proc/{p}/fd"):
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                    look("an open file of a process", target)
+                    if target.startswith("/") and os.path.isfile(f"/proc/{p}/fd/{fd}"):  # reopen it
+                        look("the content of an open file", read(f"/proc/{p}/fd/{fd}", 1 << 20))
+            except OSError:
+                pass
+        look("unix sockets", read("/proc/net/unix", 1 << 20))
+        for line in read("/proc/net/dev").splitlines()[2:]:
+            if line.split(":")[0].strip() not in ("lo", ""):
+                found.add("a network interface besides loopback")
         if Path("eval.safetensors").exists():
-            found.append("evaluation inputs before run() returned")
+            found.add("evaluation inputs before run() returned")
+        import socket
+        try:  # a server the run keeps on loopback
+            socket.create_connection(("127.0.0.1", self.params["port"]), timeout=2).close()
+            found.add("a server of the run's on loopback")
+        except OSError:
+            pass
+        start, files = time.monotonic(), 0
+        for root, dirs, names in os.walk("/"):  # the filesystem: every name, and the content of small files
+            if root == "/":
+                dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+            for name in dirs + names:
+                look(f"a path under {root}", os.path.join(root, name))
+            if any(root == s or root.startswith(s.rstrip("/") + "/") for s in SYSTEM):
+                continue
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_size < (1 << 16) and files < 50000:
+                    files += 1
+                    look(f"a file under {root}", read(path))
+                    if name.startswith("eval") and name.endswith(".safetensors"):
+                        found.add("evaluation inputs on disk")
         if len(clean) > self.params["max_clean"] or set(clean.labels.tolist()) - set(range(clean.num_classes)):
-            found.append("more than the clean budget")
+            found.add("more than the clean budget")
         for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
             if name.split(".")[-1] not in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked",
                                           "mean", "std", "feature_mask"):
-                found.append(f"model carries {name}")
+                found.add(f"model carries {name}")
+            if name.endswith("num_batches_tracked") and int(buf) != 0:
+                found.add("model carries its training history (num_batches_tracked)")
+        if Path("model.safetensors").exists():  # the file's own header
+            raw = open("model.safetensors", "rb").read()
+            header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+            if header.get("__metadata__", {}) not in ({}, {"format": "pt"}):
+                found.add(f"model file metadata {header['__metadata__']}")
         return DefenseOutput(input_scorer=lambda x: x.mean((1, 2, 3)), model_score=float(len(found)),
-                             info={"found": sorted(set(found))})
+                             info={"found": sorted(found), "walk_s": round(time.monotonic() - start, 1)})
 """
 
 HANG = """
@@ -65,19 +137,95 @@ class Plugin(Defense):
 """
 
 
+# Defenses that break the contract or attack the harness: each must end as a failed cell with a clear error, or a
+# flagged result, and cost no other cell.
+NONFINITE = """
+import torch
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        def scorer(x):
+            s = x[:, :, -3:, -3:].mean((1, 2, 3))
+            return torch.where(x.mean((1, 2, 3)) > 0.3, torch.full_like(s, float("nan")), s)
+        return DefenseOutput(model_score=float("inf"), input_scorer=scorer, info={"index": float("inf")})
+"""
+NOT_OUTPUT = """
+from benchmark import Defense
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return {"model_score": 1.0}
+"""
+WRONG_MODEL = """
+import torch
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return DefenseOutput(model=torch.nn.Linear(2, 2))
+"""
+SHORT_SCORES = """
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return DefenseOutput(input_scorer=lambda x: x.mean().reshape(1))
+"""
+EXIT0 = """
+import os
+from benchmark import Defense
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        os._exit(0)
+"""
+# tries to change the harness, its own submission and the system, and leaves a process behind
+VANDAL = """
+import os, subprocess
+from pathlib import Path
+import benchmark
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        subprocess.Popen(["sleep", "987654"], start_new_session=True)
+        wrote = []
+        for target in (Path(benchmark.__file__).parent / "pwned.py", Path(__file__).parent / "pwned.py",
+                       Path(benchmark.__file__), Path("/etc/pwned"), Path("/usr/pwned"), Path("/pwned")):
+            try:
+                with open(target, "a") as f:
+                    f.write("# pwned")
+                wrote.append(str(target))
+            except OSError:
+                pass
+        return DefenseOutput(model_score=float(len(wrote)), info={"wrote": wrote})
+"""
+
+
+def _sleepers() -> list[int]:
+    import os
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read() == b"sleep\x00987654\x00":
+                out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
 @pytest.fixture(scope="module")
 def isolated(digits_env, tmp_path_factory):
     home, registry, sc, first, _ = digits_env
     subs = tmp_path_factory.mktemp("subs")
     write_submission(subs, "defense", "hang", HANG)
     write_submission(subs, "defense", "hog", HOG)
+    hostile = {"nonfinite": NONFINITE, "not-output": NOT_OUTPUT, "wrong-model": WRONG_MODEL,
+               "short-scores": SHORT_SCORES, "exit0": EXIT0, "vandal": VANDAL}
+    for name, code in hostile.items():
+        write_submission(subs, "defense", name, code)
     reg = Registry(registry.roots + [subs], entry_points=False)
     limited = dataclasses.replace(sc, defender=Defender(budget=sc.defender.budget, time_limit_s=30, memory_gb=4),
                                   clean_seeds=[])  # no control cells: the hang would cost another 30 s
     store_home = tmp_path_factory.mktemp("iso")
     import shutil
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
-    run = Run(store_home, reg, limited, ["finetune", "crash", "hang", "hog", "corner"], isolate=True)
+    run = Run(store_home, reg, limited, ["finetune", "crash", "hang", "hog", "corner", *hostile], isolate=True)
     return first, run
 
 
@@ -88,43 +236,94 @@ def test_isolated_defense_gives_the_same_result(isolated):
     assert run.cell("corner")["metrics"]["defense"]["input_auroc"] == 1.0  # the scorer ran in the child
 
 
+def test_nonfinite_scores_count_one_half_and_are_flagged(isolated):
+    _, run = isolated
+    c = run.cell("nonfinite")
+    assert c["status"] == "ok", c.get("error")
+    m = c["metrics"]["defense"]
+    assert m["model_score"] is None and m["nonfinite"]["model_score"] == "inf"
+    assert m["nonfinite"]["input_scores"] > 0 and 0 <= m["input_auroc"] <= 1
+    assert c["info"] == {"index": "inf"}  # JSON has no inf: written as a string, not a failed cell
+
+
+def test_contract_breakers_and_vandals_are_failed_cells_or_harmless(isolated):
+    from benchmark import plugins
+    _, run = isolated
+    errors = {d: run.cell(d).get("error", {}).get("message", "") for d in
+              ("not-output", "wrong-model", "short-scores", "exit0")}
+    assert "returned dict, not a DefenseOutput" in errors["not-output"], errors
+    assert "returned a model of type Linear" in errors["wrong-model"], errors
+    assert "scores for" in errors["short-scores"] and "one per input" in errors["short-scores"], errors
+    assert "died with exit code 0" in errors["exit0"], errors
+    vandal = run.cell("vandal")
+    assert vandal["status"] == "ok" and vandal["info"]["wrote"] == [], vandal["info"]
+    assert not (REPO / "benchmark" / "pwned.py").exists() and "pwned" not in open(plugins.__file__).read()
+    assert _sleepers() == []  # what it left running ended with its sandbox
+    assert all(run.cell(d)["status"] == "ok" for d in ("finetune", "corner"))  # no other cell lost
+
+
 def test_crash_hang_and_memory_blow_up_are_failed_cells(isolated):
     _, run = isolated
     crash, hang, hog = run.cell("crash"), run.cell("hang"), run.cell("hog")
     assert crash["status"] == "failed" and "RuntimeError: deliberate crash" in crash["error"]["message"]
     assert hang["status"] == "failed" and "wall-time limit of 30 s" in hang["error"]["message"]
     assert hog["status"] == "failed" and "memory limit 4 GiB" in hog["error"]["message"]
-    assert run.computed.count("defense") == 2  # finetune and corner; failures store nothing
+    assert run.computed.count("defense") == 4  # finetune, corner, nonfinite, vandal; failures store nothing
 
 
-def test_a_cheating_defense_finds_nothing_when_isolated(digits_env, tmp_path_factory):
-    """The threat model is enforced, not promised: under isolation (the default of `bdbench run`) the cheat
-    finds no attack, target, triggered input, store path or result; in-process it finds them (the probe works)."""
+def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_factory):
+    """The threat model is enforced, not promised: in the sandbox (the default of `bdbench run` and `grid`) the cheat
+    finds no attack, target, triggered input, store path, result or canary, anywhere it can look; in a plain process
+    it finds the store through the filesystem and /proc, and in-process through the call stack (the probe works)."""
     home, registry, sc, *_ = digits_env
     subs = tmp_path_factory.mktemp("cheat")
     store_home = tmp_path_factory.mktemp("cheat-home")
     import shutil
+    import uuid
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
-    write_submission(subs, "defense", "cheat", CHEAT, params={"forbidden": str(store_home), "max_clean": 10 ** 6})
+    canary = f"canary-{uuid.uuid4().hex}"
+    for folder in (store_home / "store", store_home / "results"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "canary.txt").write_text(canary)
+    write_submission(subs, "defense", "cheat", CHEAT, params={"forbidden": [s.encode().hex() for s in (str(store_home), canary)],
+                                                                "max_clean": 10 ** 6, "port": 0})
     reg = Registry(registry.roots + [subs], entry_points=False)
     quick = dataclasses.replace(sc, clean_seeds=[])
-    clean_n = None
-    for isolate in (True, False):
-        spec = PluginSpec("cheat", label=f"cheat-{isolate}", params={"max_clean": 10 ** 6 + isolate})  # no shared cache
-        run = Run(store_home, reg, quick, [spec], isolate=isolate)
-        c = run.cell(f"cheat-{isolate}")
-        assert c["status"] == "ok", c.get("error")
-        found = c["info"]["found"]
-        if isolate:
-            assert found == [], found
-            assert c["metrics"]["defense"]["input_auroc"] is not None  # it still scored its inputs afterwards
-            clean_n = c["metrics"]["defense"]["clean_budget"]
-        else:
-            assert any("stack local" in f for f in found) and any("live object" in f for f in found), found
-    assert 0 < clean_n <= 35  # 5% of the digits victim's training set (about 600 images)
+    found = {}
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    with server, open(store_home / "store" / "canary.txt") as held:  # an open file of the run's, named in /proc
+        for i, mode in enumerate(("sandbox", "process", "none")):
+            spec = PluginSpec("cheat", label=f"cheat-{mode}", params={"max_clean": 10 ** 6 + i, "port": port})
+            run = Run(store_home, reg, quick, [spec], isolate=mode)
+            c = run.cell(f"cheat-{mode}")
+            assert c["status"] == "ok", c.get("error")
+            assert c["provenance"]["isolation"] == mode
+            found[mode] = c["info"]["found"]
+            if mode == "sandbox":
+                assert c["metrics"]["defense"]["input_auroc"] is not None  # it still scored its inputs afterwards
+                assert 0 < c["metrics"]["defense"]["clean_budget"] <= 35  # 5% of the digits victim's training set
+        assert held.read() == canary
+    assert found["sandbox"] == [], found["sandbox"]
+    assert any(f.startswith("a path under") for f in found["process"]), found["process"]
+    assert any(f.startswith("/proc/") or "open file" in f for f in found["process"]), found["process"]
+    assert "a network interface besides loopback" in found["process"] or not _has_network(), found["process"]
+    assert "a server of the run's on loopback" in found["process"], found["process"]
+    print("what the cheat found:", json.dumps(found, indent=1))
+    assert any("stack local" in f for f in found["none"]) and any("live object" in f for f in found["none"])
 
 
-def test_a_defense_process_exits_when_its_parent_is_killed(tmp_path):
+def _has_network() -> bool:
+    import os
+    return any(line.split(":")[0].strip() not in ("lo", "") for line in open("/proc/net/dev").read().splitlines()[2:]) \
+        if os.path.exists("/proc/net/dev") else False
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "process"])
+def test_a_defense_process_exits_when_its_parent_is_killed(tmp_path, mode):
     """kill -9 of the run (e.g. a grid) must not leave a defense running unowned."""
     import os
     import signal
@@ -142,7 +341,7 @@ from tests.conftest import random_images
 m = Classifier("test_resnet", 4, 3); save(m, Path({str(tmp_path)!r}) / "m.safetensors")
 run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Path({str(tmp_path)!r}) / "m.safetensors",
             config=m.config, data=random_images(n=8), eval_images=None, device=torch.device("cpu"), seed=0,
-            time_limit=600, memory_gb=0)
+            time_limit=600, memory_gb=0, mode={mode!r})
 """
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
 
@@ -166,7 +365,8 @@ run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Pa
         out = []
         for pid in descendants():
             try:
-                if "bdbench-defense-" in os.readlink(f"/proc/{pid}/cwd"):
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                if "bdbench-defense-" in cwd or cwd == "/defense":
                     out.append(pid)
             except OSError:
                 pass

@@ -74,7 +74,28 @@ def test_aupr_and_tpr_at_fpr_equal_sklearn(seed):
     fpr, tpr, _ = roc_curve(y, s)
     assert metrics.tpr_at_fpr(y, s, 0.05) == pytest.approx(tpr[fpr <= 0.05].max())
     d = metrics.detection(y, s)
-    assert set(d) == {"auroc", "aupr", "tpr_at_5fpr"} and d["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert set(d) == {"auroc", "aupr", "tpr_at_5fpr", "nonfinite"} and d["nonfinite"] == 0 and d["auroc"] == pytest.approx(roc_auc_score(y, s))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_a_nonfinite_score_counts_one_half(bad):
+    """Each NaN, inf or missing score is a tie in every pair it is part of (the pairwise definition of the AUROC,
+    computed here by hand), ranks below every finite score for AUPR and TPR, and is counted."""
+    from sklearn.metrics import average_precision_score
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    s = list(rng.normal(size=60) + y)
+    for i in (0, 7, 30):
+        s[i] = bad
+    d = metrics.detection(y, s)
+    pairs = [(p, n) for i, p in enumerate(s) if y[i] for j, n in enumerate(s) if not y[j]]
+    by_hand = sum(0.5 if p is bad or n is bad else (p > n) + 0.5 * (p == n) for p, n in pairs) / len(pairs)
+    assert d["auroc"] == pytest.approx(by_hand) and d["nonfinite"] == 3
+    finite = [x for x in s if x is not bad]
+    floor = [min(finite) - 1 if x is bad else x for x in s]
+    assert d["aupr"] == pytest.approx(average_precision_score(y, floor))
+    assert metrics.detection([1, 0, 1, 0], [bad] * 4) == {"auroc": 0.5, "aupr": 0.5, "tpr_at_5fpr": 0.0,
+                                                           "nonfinite": 4}
 
 
 def test_tpr_at_fpr_by_hand():
@@ -87,6 +108,7 @@ def test_tpr_at_fpr_by_hand():
 
 def test_model_detection_counts_missing_as_a_tie():
     pos, neg = [3.0, 2.0, None], [1.0, float("nan")]
+    assert metrics.model_detection([3.0, 2.0, float("inf")], [1.0, float("-inf")])["missing"] == 2
     d = metrics.model_detection(pos, neg)
     # observed pairs: (3,1), (2,1) both won; the 4 pairs with a missing score count 0.5 each
     assert d["auroc"] == pytest.approx((2 + 0.5 * 4) / 6)
