@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from . import atomic
 from .config import to_dict
 from .errors import BenchError
 from .scenario import DataSpec, ImageSpec
@@ -185,9 +186,8 @@ def load(spec: DataSpec, image: ImageSpec, cache_dir: Path, base_dir: Path | Non
         names = names_sel
         t = {"train_x": _resize(_channels(xtr, image.channels), image.size), "train_y": ytr,
              "test_x": _resize(_channels(xte, image.channels), image.size), "test_y": yte}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in t.items()}, str(tmp))
-        path.with_suffix(".json").write_text(json.dumps({**ident, "classes": names}, indent=1))
-        tmp.replace(path)
+        # the names first, then the tensors: a reader that finds the tensors finds their names (atomic.py)
+        atomic.write_text(path.with_suffix(".json"), json.dumps({**ident, "classes": names}, indent=1))
+        with atomic.replacing(path) as tmp:
+            save_file({k: v.contiguous() for k, v in t.items()}, str(tmp))
     return (ImageSet(t["train_x"], t["train_y"], names), ImageSet(t["test_x"], t["test_y"], names))

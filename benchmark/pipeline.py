@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import metrics, models, training
+from . import atomic, metrics, models, training
 from .config import to_dict
 from .data import ImageSet, load as load_data, split
 from .errors import BenchError
@@ -468,10 +468,7 @@ class Runner:
         kept = _unchanged(path, json.loads(text))
         if kept is not None:  # the same finished cell from the same stages: keep its file and its provenance
             return kept
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic.write_text(path, text)  # two runs writing the same cell: one whole file or the other
         return res
 
 

@@ -119,10 +119,14 @@ class Store:
                 models.save(model.cpu(), path)
                 meta["model"] = {"file": "model.safetensors", "sha256": file_sha256(path), "config": model.config}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            if final.exists():  # another worker finished first: keep theirs
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)  # atomic; fails if another run has put the same artifact there
+            except OSError:
+                if not (final / "meta.json").is_file():
+                    raise
+                shutil.rmtree(tmp)  # another run finished the same stage first: keep theirs
+                self.computed.append((stage, key))
+                return Artifact(stage, key, final, json.loads((final / "meta.json").read_text()))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

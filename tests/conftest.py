@@ -28,6 +28,24 @@ def plugin_module(registry):
     return lambda kind, name: sys.modules[registry.plugin_class(kind, name).__module__]
 
 
+def sandbox_or_skip() -> None:
+    """Skip a test that needs the defense sandbox where none starts (no bubblewrap, no user namespaces); fail
+    instead under CI (BDBENCH_REQUIRE_SANDBOX=1, set by .ci/run, which installs bubblewrap)."""
+    import os
+
+    from benchmark.sandbox import available
+    ok, why = available()
+    if not ok:
+        if os.environ.get("BDBENCH_REQUIRE_SANDBOX"):
+            pytest.fail(f"no sandbox for defenses: {why}")
+        pytest.skip(f"no sandbox for defenses here: {why}")
+
+
+def has_sandbox() -> bool:
+    from benchmark.sandbox import available
+    return available()[0]
+
+
 def random_images(n=40, c=3, size=32, classes=4, seed=0) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8)

@@ -7,7 +7,7 @@ import pytest
 from benchmark.registry import Registry
 from benchmark.scenario import Defender, PluginSpec
 
-from .conftest import REPO, Run, write_submission
+from .conftest import REPO, Run, has_sandbox, sandbox_or_skip, write_submission
 
 # A defense that tries every way it can think of to reach the attack, its target, triggered data, the store or
 # the results: through what it is given, what lives in its process, its environment and open files, every process
@@ -216,7 +216,9 @@ def isolated(digits_env, tmp_path_factory):
     write_submission(subs, "defense", "hang", HANG)
     write_submission(subs, "defense", "hog", HOG)
     hostile = {"nonfinite": NONFINITE, "not-output": NOT_OUTPUT, "wrong-model": WRONG_MODEL,
-               "short-scores": SHORT_SCORES, "exit0": EXIT0, "vandal": VANDAL}
+               "short-scores": SHORT_SCORES, "exit0": EXIT0}
+    if has_sandbox():  # outside a sandbox the vandal would write into this checkout
+        hostile["vandal"] = VANDAL
     for name, code in hostile.items():
         write_submission(subs, "defense", name, code)
     reg = Registry(registry.roots + [subs], entry_points=False)
@@ -225,7 +227,8 @@ def isolated(digits_env, tmp_path_factory):
     store_home = tmp_path_factory.mktemp("iso")
     import shutil
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
-    run = Run(store_home, reg, limited, ["finetune", "crash", "hang", "hog", "corner", *hostile], isolate=True)
+    mode = "sandbox" if has_sandbox() else "process"  # a plain process where no sandbox starts (tests say which)
+    run = Run(store_home, reg, limited, ["finetune", "crash", "hang", "hog", "corner", *hostile], isolate=mode)
     return first, run
 
 
@@ -255,6 +258,7 @@ def test_contract_breakers_and_vandals_are_failed_cells_or_harmless(isolated):
     assert "returned a model of type Linear" in errors["wrong-model"], errors
     assert "scores for" in errors["short-scores"] and "one per input" in errors["short-scores"], errors
     assert "died with exit code 0" in errors["exit0"], errors
+    sandbox_or_skip()
     vandal = run.cell("vandal")
     assert vandal["status"] == "ok" and vandal["info"]["wrote"] == [], vandal["info"]
     assert not (REPO / "benchmark" / "pwned.py").exists() and "pwned" not in open(plugins.__file__).read()
@@ -268,13 +272,15 @@ def test_crash_hang_and_memory_blow_up_are_failed_cells(isolated):
     assert crash["status"] == "failed" and "RuntimeError: deliberate crash" in crash["error"]["message"]
     assert hang["status"] == "failed" and "wall-time limit of 30 s" in hang["error"]["message"]
     assert hog["status"] == "failed" and "memory limit 4 GiB" in hog["error"]["message"]
-    assert run.computed.count("defense") == 4  # finetune, corner, nonfinite, vandal; failures store nothing
+    # finetune, corner, nonfinite and (in a sandbox) vandal; failures store nothing
+    assert run.computed.count("defense") == 3 + has_sandbox()
 
 
 def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_factory):
     """The threat model is enforced, not promised: in the sandbox (the default of `bdbench run` and `grid`) the cheat
     finds no attack, target, triggered input, store path, result or canary, anywhere it can look; in a plain process
     it finds the store through the filesystem and /proc, and in-process through the call stack (the probe works)."""
+    sandbox_or_skip()
     home, registry, sc, *_ = digits_env
     subs = tmp_path_factory.mktemp("cheat")
     store_home = tmp_path_factory.mktemp("cheat-home")
@@ -325,6 +331,8 @@ def _has_network() -> bool:
 @pytest.mark.parametrize("mode", ["sandbox", "process"])
 def test_a_defense_process_exits_when_its_parent_is_killed(tmp_path, mode):
     """kill -9 of the run (e.g. a grid) must not leave a defense running unowned."""
+    if mode == "sandbox":
+        sandbox_or_skip()
     import os
     import signal
     import subprocess
