@@ -57,7 +57,9 @@ def cmd_run(args) -> int:
     device = pick(args.device)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"bdbench {__version__} · scenario {sc.name} v{sc.version} · device {describe(device)} · store {args.workdir}")
-    isolate = resolve_mode(_isolation(args), log=lambda m: print(m, file=sys.stderr, flush=True))
+    # a default sandbox falls back to a plain process, loudly; one asked for by name is required
+    isolate = resolve_mode(_isolation(args), refuse=args.isolation == "sandbox",
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
     runner = Runner(sc, registry, Store(Path(args.workdir)), Path(args.results), device,
                     progress=not args.quiet, log=log, zoo=_zoo(args), isolate=isolate)
     t0 = time.perf_counter()

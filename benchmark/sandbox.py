@@ -10,8 +10,8 @@ the sandbox it sees:
   `benchmark` package, and its own submission folder;
 - its own PID namespace (a fresh `/proc` that shows its own processes only), its own network namespace (loopback
   only), IPC, UTS and cgroup namespaces, a user namespace in which it is an unprivileged user with no capability;
-- an environment with nothing of the caller's but the thread settings (and CUDA_VISIBLE_DEVICES on a GPU), and
-  no open file but a log in its folder.
+- an environment with nothing of the caller's but the thread settings (and CUDA_VISIBLE_DEVICES on a GPU), also
+  in the environment of bwrap's own process (the sandbox's PID 1), and no open file but a log in its folder.
 
 It does not see the store, the results, the caller's files, environment, command line or processes, the other
 submissions, or the network. bwrap's options reach it through a pipe (`--args`), so even its `/proc/1` holds no
@@ -111,8 +111,10 @@ def popen(folder: Path, command: list[str], *, plugin_folder: Optional[Path] = N
     os.close(w)
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen([exe, "--args", str(r), "--", *command], pass_fds=(r,), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, close_fds=True, start_new_session=True)
+        # bwrap's own environment is empty too: the sandbox's PID 1 is a bwrap process, whose /proc/1/environ
+        # (the environment it was started with) a defense can read
+        return subprocess.Popen([exe, "--args", str(r), "--", *command], pass_fds=(r,), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, env={})
     finally:
         os.close(r)
         if log is not None:

@@ -16,8 +16,9 @@ for f in "${folders[@]}"; do
   kind=$(basename "$(dirname "$f")")
   name=$(basename "$f")
   if [ "$kind" = attacks ]; then args=(--attack "$name" --defense); else args=(--attack badnets --defense "$name"); fi
-  # each cell runs in its own process with a wall-time and memory limit (the scenario's defender limits)
-  bdbench run digits "${args[@]}" --seeds 0 1 2 --results "$out" --quiet || status=1
+  # each defense runs in a sandbox with a wall-time and memory limit (the scenario's defender limits);
+  # --isolation sandbox: submitted code is untrusted, so no sandbox means no run
+  bdbench run digits "${args[@]}" --seeds 0 1 2 --results "$out" --quiet --isolation sandbox || status=1
 done
 [ ${#folders[@]} -gt 0 ] || echo "no submission changed"
 exit $status

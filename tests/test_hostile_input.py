@@ -29,21 +29,32 @@ def bdbench(*args, env=None, timeout=600):
                           env=e, timeout=timeout)
 
 
+def cli(capsys, *args) -> tuple[int, str]:
+    """`bdbench ARGS` in this process: its exit status and what it printed to stderr."""
+    from benchmark.cli import main
+    rc = main(list(args))
+    return rc, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:banana", "mps", "tpu:0", ""])
-def test_an_unknown_device_is_a_clear_error(device, tmp_path):
-    r = bdbench("run", str(DATA / "tiny.yaml"), "--device", device, "--workdir", str(tmp_path), "--results",
-                str(tmp_path / "r"))
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and "--device" in r.stderr and "cpu" in r.stderr, r.stderr
+def test_an_unknown_device_is_a_clear_error(device, tmp_path, capsys):
+    for cmd in (["run", str(DATA / "tiny.yaml")], ["grid", str(DATA / "tiny-grid.yaml"), "--isolation", "none"]):
+        rc, err = cli(capsys, *cmd, "--device", device, "--workdir", str(tmp_path), "--results", str(tmp_path / "r"))
+        assert rc == 2 and "--device" in err and "cpu" in err, err
     assert not (tmp_path / "r").exists()  # nothing ran
 
 
-def test_a_cuda_device_without_cuda_is_a_clear_error(tmp_path):
+def test_a_cuda_device_without_cuda_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     for cmd in (["run", str(DATA / "tiny.yaml")], ["grid", str(DATA / "tiny-grid.yaml"), "--isolation", "none"]):
-        r = bdbench(*cmd, "--device", "cuda", "--workdir", str(tmp_path), "--results", str(tmp_path / "r"))
-        assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        rc, err = cli(capsys, *cmd, "--device", "cuda", "--workdir", str(tmp_path), "--results", str(tmp_path / "r"))
+        assert rc == 2 and "no CUDA device" in err, err
+
+
+def test_the_cli_says_device_errors_without_a_traceback(tmp_path):
+    r = bdbench("run", str(DATA / "tiny.yaml"), "--device", "foo", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "--device 'foo'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("text,value", [
@@ -139,8 +150,9 @@ def test_a_defense_gets_no_training_history_in_its_model(tmp_path):
     assert torch.equal(models.load(tmp_path / "copy.safetensors", m.config).eval()(x), m(x))
 
 
-def test_a_leaderboard_run_refuses_to_start_without_a_sandbox(tmp_path, monkeypatch):
-    """Where no sandbox starts, `bdbench grid` refuses unless --isolation says otherwise; `bdbench run` warns."""
+def test_a_leaderboard_run_refuses_to_start_without_a_sandbox(tmp_path, monkeypatch, capsys):
+    """Where no sandbox starts, `bdbench grid` refuses unless --isolation says otherwise; `bdbench run` warns and
+    uses a plain process, unless --isolation sandbox asked for one by name."""
     monkeypatch.setattr(sandbox, "bwrap", lambda: None)
     sandbox.available.cache_clear()
     try:
@@ -150,14 +162,17 @@ def test_a_leaderboard_run_refuses_to_start_without_a_sandbox(tmp_path, monkeypa
         assert isolation.resolve_mode("sandbox", log=said.append) == "process"
         assert "WARNING" in said[0] and "bwrap not found" in said[0]
         assert isolation.resolve_mode("process", refuse=True) == "process"
+        rc, err = cli(capsys, "grid", str(DATA / "tiny-grid.yaml"), "--workdir", str(tmp_path), "--results",
+                      str(tmp_path / "r"), "--device", "cpu")
+        assert rc == 2 and "no sandbox for defenses" in err, err
+        rc, err = cli(capsys, "run", str(DATA / "tiny.yaml"), "--isolation", "sandbox", "--workdir", str(tmp_path),
+                      "--results", str(tmp_path / "r"), "--device", "cpu")
+        assert rc == 2 and "no sandbox for defenses" in err, err
+        assert not (tmp_path / "r").exists()
     finally:
         sandbox.available.cache_clear()
-    r = bdbench("grid", str(DATA / "tiny-grid.yaml"), "--workdir", str(tmp_path), "--results", str(tmp_path / "r"),
-                env={"PATH": str(tmp_path / "no-bin")})  # no bwrap on this PATH
-    assert r.returncode == 2 and "no sandbox for defenses" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not (tmp_path / "r").exists()
-    r = bdbench("run", "--isolation", "process", "--no-isolation")
-    assert r.returncode == 2 and "contradicts" in r.stderr
+    rc, err = cli(capsys, "run", "--isolation", "process", "--no-isolation")
+    assert rc == 2 and "contradicts" in err
 
 
 @pytest.mark.parametrize("mode", ["jail", "", "True"])

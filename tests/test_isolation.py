@@ -276,7 +276,7 @@ def test_crash_hang_and_memory_blow_up_are_failed_cells(isolated):
     assert run.computed.count("defense") == 3 + has_sandbox()
 
 
-def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_factory):
+def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_factory, monkeypatch):
     """The threat model is enforced, not promised: in the sandbox (the default of `bdbench run` and `grid`) the cheat
     finds no attack, target, triggered input, store path, result or canary, anywhere it can look; in a plain process
     it finds the store through the filesystem and /proc, and in-process through the call stack (the probe works)."""
@@ -288,6 +288,9 @@ def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_fa
     import uuid
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
     canary = f"canary-{uuid.uuid4().hex}"
+    # as a real run has them: the store in the environment (its processes' /proc/N/environ)
+    monkeypatch.setenv("BDBENCH_HOME", str(store_home / "store"))
+    monkeypatch.setenv("BDBENCH_CANARY", canary)
     for folder in (store_home / "store", store_home / "results"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "canary.txt").write_text(canary)

@@ -137,3 +137,38 @@ def test_adding_one_defense_to_a_finished_grid(benchmark, registry, tmp_path):
     benchmark.extra_info.update(grid_s=t_grid, add_defense_s=t_add, ratio=t_add / t_grid)
     print(f"\ngrid without defenses {t_grid:.1f} s; adding linf-pruning {t_add:.1f} s ({t_add / t_grid:.2f} of it)")
     assert base["computed"] >= 5 and added["computed"] == 2  # the defense and its clean-upstream control
+
+
+NOOP = """
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        return DefenseOutput(model_score=0.0)
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "sandbox"])
+def test_defense_process_start(benchmark, tmp_path, mode):
+    """What isolating one defense costs, the defense itself doing nothing: a process forked from the run's fork server
+    (its start paid once per run) against a fresh interpreter in a bubblewrap sandbox (imports torch and timm)."""
+    from pathlib import Path
+
+    from benchmark.isolation import run_defense
+    from benchmark.models import save
+
+    from .conftest import sandbox_or_skip, write_submission
+    if mode == "sandbox":
+        sandbox_or_skip()
+    write_submission(tmp_path / "subs", "defense", "noop", NOOP)
+    m = Classifier("test_resnet", 4, 3)
+    save(m, tmp_path / "m.safetensors")
+    data = random_images(n=64)
+
+    def once():
+        return run_defense(roots=[tmp_path / "subs"], name="noop", params={}, model_path=Path(tmp_path / "m.safetensors"),
+                           config=m.config, data=data, eval_images=None, device=torch.device("cpu"), seed=0,
+                           time_limit=300, memory_gb=0, mode=mode)
+    once()  # the fork server starts once per run
+    out = benchmark.pedantic(once, rounds=3, iterations=1)
+    assert out["model_score"] == 0.0
+    benchmark.extra_info["seconds_per_defense"] = benchmark.stats.stats.mean
