@@ -119,62 +119,27 @@ class Plugin(Defense):
                              info={"found": sorted(found), "walk_s": round(time.monotonic() - start, 1)})
 """
 
-HANG = """
-import time
-from benchmark import Defense
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        time.sleep(600)
-"""
+def defense(body: str, imports: str = "") -> str:
+    """A defense module whose run() is `body` (one line per statement)."""
+    lines = "\n".join("        " + line for line in body.strip().splitlines())
+    return (f"{imports}\nfrom benchmark import Defense, DefenseOutput\nclass Plugin(Defense):\n"
+            f"    def run(self, model, clean, ctx):\n{lines}\n")
 
-HOG = """
-import torch
-from benchmark import Defense
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        hog = torch.ones(3 * 2 ** 30, dtype=torch.float64)  # 24 GiB
-        return None
-"""
 
+HANG = defense("time.sleep(600)", "import time")
+HOG = defense("hog = torch.ones(3 * 2 ** 30, dtype=torch.float64)  # 24 GiB", "import torch")
 
 # Defenses that break the contract or attack the harness: each must end as a failed cell with a clear error, or a
 # flagged result, and cost no other cell.
-NONFINITE = """
-import torch
-from benchmark import Defense, DefenseOutput
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        def scorer(x):
-            s = x[:, :, -3:, -3:].mean((1, 2, 3))
-            return torch.where(x.mean((1, 2, 3)) > 0.3, torch.full_like(s, float("nan")), s)
-        return DefenseOutput(model_score=float("inf"), input_scorer=scorer, info={"index": float("inf")})
-"""
-NOT_OUTPUT = """
-from benchmark import Defense
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        return {"model_score": 1.0}
-"""
-WRONG_MODEL = """
-import torch
-from benchmark import Defense, DefenseOutput
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        return DefenseOutput(model=torch.nn.Linear(2, 2))
-"""
-SHORT_SCORES = """
-from benchmark import Defense, DefenseOutput
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        return DefenseOutput(input_scorer=lambda x: x.mean().reshape(1))
-"""
-EXIT0 = """
-import os
-from benchmark import Defense
-class Plugin(Defense):
-    def run(self, model, clean, ctx):
-        os._exit(0)
-"""
+NONFINITE = defense("""
+def scorer(x):
+    s = x[:, :, -3:, -3:].mean((1, 2, 3))
+    return torch.where(x.mean((1, 2, 3)) > 0.3, torch.full_like(s, float("nan")), s)
+return DefenseOutput(model_score=float("inf"), input_scorer=scorer, info={"index": float("inf")})""", "import torch")
+NOT_OUTPUT = defense('return {"model_score": 1.0}')
+WRONG_MODEL = defense("return DefenseOutput(model=torch.nn.Linear(2, 2))", "import torch")
+SHORT_SCORES = defense("return DefenseOutput(input_scorer=lambda x: x.mean().reshape(1))")
+EXIT0 = defense("os._exit(0)", "import os")
 # tries to change the harness, its own submission and the system, and leaves a process behind
 VANDAL = """
 import os, subprocess

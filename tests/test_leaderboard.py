@@ -397,3 +397,30 @@ def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_
     assert f"<code>{html.escape(code)}</code> ({n - 1} cells)" in section
     site.build(results_dir, tmp_path / "same")
     assert "Some stages differ" not in (tmp_path / "same/index.html").read_text()
+
+
+def test_nonfinite_scores_are_flagged_on_the_site_and_in_the_terminal(results_dir, tmp_path, capsys, monkeypatch):
+    """A cell whose defense returned an infinite model score and NaN input scores: valid against the schema, the
+    model score counts 0.5 in model-level detection, and both the site and the terminal table say so."""
+    from benchmark.report import print_table
+    out = tmp_path / "results"
+    shutil.copytree(results_dir, out, ignore=shutil.ignore_patterns("evil"))
+    cell = json.loads((out / "digits-v1/badnets/finetune/seed-0.json").read_text())
+    cell["defense"]["id"] = cell["defense"]["name"] = "nan-defense"
+    cell["metrics"]["defense"].update(model_score=None, input_auroc=0.5,
+                                      nonfinite={"model_score": "inf", "input_scores": 12})
+    results.validate(cell, "nan-defense cell")
+    (out / "digits-v1/badnets/nan-defense").mkdir()
+    (out / "digits-v1/badnets/nan-defense/seed-0.json").write_text(json.dumps(cell))
+    site.build(out, tmp_path / "site")
+    index = (tmp_path / "site/index.html").read_text()
+    row = index.split(">nan-defense</a>")[1].split("</tr>")[0]
+    assert "(1 NaN/inf)" in row and "counts 0.5" in row
+    assert "(1 NaN/inf)" not in index.split(">finetune</a>")[1].split("</tr>")[0]
+    monkeypatch.setenv("COLUMNS", "400")  # the note column unwrapped
+    print_table([c for c in results.load(out) if c["scenario"]["version"] == 1], "digits v1")
+    assert "NaN/inf scores in 1 cell(s), counted 0.5" in capsys.readouterr().out
+    bad = copy.deepcopy(cell)
+    bad["metrics"]["defense"]["nonfinite"] = {"model_score": "big"}
+    with pytest.raises(BenchError, match="does not match the result schema"):
+        results.validate(bad, "bad cell")
