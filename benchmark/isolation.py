@@ -144,7 +144,7 @@ def _child(job: dict) -> None:
         from .registry import Registry
         from .training import scores
 
-        registry = Registry([Path(job["plugin"])] if job["plugin"] else [], entry_points=job["entry_points"])
+        registry = Registry([] if job["entry_points"] else [Path(job["plugin"])], entry_points=job["entry_points"])
         plugin = registry.create("defense", job["name"], job["params"])
         t = load_file("data.safetensors")
         data = ImageSet(t["images"], t["labels"], job["classes"])
@@ -181,12 +181,13 @@ def _child(job: dict) -> None:
 class _Sandboxed:
     """A sandboxed child behind the few calls run_defense makes of a multiprocessing.Process."""
 
-    def __init__(self, folder: Path, plugin: Optional[str], device: torch.device, threads: int):
+    def __init__(self, folder: Path, plugin: str, package_path: Optional[str], device: torch.device, threads: int):
         import sys
 
         from . import sandbox
         self.p = sandbox.popen(folder, [sys.executable, "-c", "from benchmark.isolation import main; main()"],
-                               plugin_folder=Path(plugin) if plugin else None, gpu=device.type == "cuda",
+                               plugin_folder=Path(plugin), python_path=[package_path] if package_path else [],
+                               gpu=device.type == "cuda",
                                threads=threads, log=folder / "output.log")
 
     def is_alive(self) -> bool:
@@ -210,15 +211,18 @@ class _Sandboxed:
         return self.p.returncode
 
 
-def _plugin_source(roots: list[Path], name: str) -> tuple[Optional[str], bool]:
-    """The defense's own submission folder (all the child may see of the submissions), or (None, True) for one
-    registered through an installed package's entry point."""
+def _plugin_source(roots: list[Path], name: str) -> tuple[str, Optional[str]]:
+    """The defense's own submission folder (all the child may see of the submissions) and, for one registered
+    through an installed package's entry point, the import path that holds that package (None for a folder)."""
+    import sys
+
     from .registry import Registry
     reg = Registry(roots, entry_points=False)
     if name in reg.names("defense"):
-        return reg.manifest("defense", name).folder, False
-    Registry(roots, entry_points=True).manifest("defense", name)  # unknown anywhere: the registry's error
-    return None, True
+        return reg.manifest("defense", name).folder, None
+    reg = Registry(roots, entry_points=True)
+    top = sys.modules[reg.plugin_class("defense", name).__module__.split(".")[0]]
+    return reg.manifest("defense", name).folder, str(Path(top.__file__).resolve().parent.parent)
 
 
 def _tail(path: Path, n: int = 1500) -> str:
@@ -236,19 +240,19 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
     scores (of eval_images), sample_scores, sample_flags."""
     if mode not in ("sandbox", "process"):
         raise ValueError(f"run_defense runs 'sandbox' or 'process', not {mode!r}")
-    plugin, entry_points = _plugin_source(roots, name)
+    plugin, package_path = _plugin_source(roots, name)
     with tempfile.TemporaryDirectory(prefix="bdbench-defense-") as tmp:
         folder = Path(tmp)
         models.for_defense(model_path, folder / "model.safetensors")  # no path into the store, no history
         save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
                   str(folder / "data.safetensors"))
-        job = {"folder": tmp if mode == "process" else ".", "plugin": plugin, "entry_points": entry_points,
+        job = {"folder": tmp if mode == "process" else ".", "plugin": plugin, "entry_points": package_path is not None,
                "name": name, "params": params, "config": config, "classes": data.classes, "device": str(device),
                "seed": seed, "memory_gb": memory_gb, "threads": torch.get_num_threads(),
                "has_eval": eval_images is not None}
         if mode == "sandbox":
             (folder / "job.json").write_text(json.dumps(job))
-            proc = _Sandboxed(folder, plugin, device, job["threads"])
+            proc = _Sandboxed(folder, plugin, package_path, device, job["threads"])
         else:
             job.update(watch=True, parent=os.getpid())
             proc = _context().Process(target=_child, args=(job,), daemon=True)

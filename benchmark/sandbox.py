@@ -4,10 +4,11 @@ A defense is third-party code scored by pull request, so the harness assumes it 
 the sandbox it sees:
 
 - its own folder, mounted at `/defense` and its working directory: the delivered model, the defender's data and
-  its job (parameters, seed, device); the only place it can write, besides an empty `/tmp` (the rest, `/`
-  included, is read-only);
+  its job (parameters, seed, device); the only place it can write, besides an empty `/tmp` of at most 2 GiB
+  (the rest, `/` included, is read-only);
 - read-only: the system (`/usr`, `/etc`, the `/lib*` links), the Python installation and its site-packages, the
-  `benchmark` package, and its own submission folder;
+  `benchmark` package, and its own submission folder (for a plugin package registered through an entry point,
+  the import path that holds it);
 - its own PID namespace (a fresh `/proc` that shows its own processes only), its own network namespace (loopback
   only), IPC, UTS and cgroup namespaces, a user namespace in which it is an unprivileged user with no capability;
 - an environment with nothing of the caller's but the thread settings (and CUDA_VISIBLE_DEVICES on a GPU), also
@@ -30,9 +31,10 @@ import site
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 INSIDE = "/defense"  # the defense's folder, as it sees it
+TMP_BYTES = 2 << 30  # its /tmp lives in memory, outside the address-space cap: capped here
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
                 "on a Linux kernel that allows user namespaces")
@@ -64,8 +66,10 @@ def package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: int) -> list[str]:
-    """bwrap's arguments for a defense working in `folder` (mounted at /defense)."""
+def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: int,
+              python_path: Sequence[str] = ()) -> list[str]:
+    """bwrap's arguments for a defense working in `folder` (mounted at /defense); `python_path`: import paths to
+    show it read-only (where an installed plugin package lives) besides the Python installation's."""
     a = ["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
          "--die-with-parent", "--new-session", "--hostname", "defense"]
     for p in SYSTEM:
@@ -73,12 +77,13 @@ def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: i
             a += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             a += ["--ro-bind", p, p]
-    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    a += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     # CPU topology for torch's thread pool and cpuinfo (no file of the caller's lies there)
     a += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     mounted = list(SYSTEM)
     pkg = str(Path(__file__).resolve().parent)
-    for p in [*python_paths(), pkg] + ([str(Path(plugin_folder).resolve())] if plugin_folder else []):
+    extra = [str(Path(p).resolve()) for p in python_path]
+    for p in [*python_paths(), pkg, *extra] + ([str(Path(plugin_folder).resolve())] if plugin_folder else []):
         if not _covered(p, mounted):
             a += ["--ro-bind", p, p]
             mounted.append(p)
@@ -88,7 +93,8 @@ def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: i
         a += ["--ro-bind-try", "/sys", "/sys"]
     a += ["--bind", str(folder), INSIDE, "--remount-ro", "/", "--chdir", INSIDE, "--clearenv"]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": INSIDE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-           "PYTHONPATH": package_root(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([package_root(), *extra]),
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     if gpu and "CUDA_VISIBLE_DEVICES" in os.environ:
@@ -99,13 +105,13 @@ def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: i
 
 
 def popen(folder: Path, command: list[str], *, plugin_folder: Optional[Path] = None, gpu: bool = False,
-          threads: int = 1, log: Optional[Path] = None) -> subprocess.Popen:
+          threads: int = 1, log: Optional[Path] = None, python_path: Sequence[str] = ()) -> subprocess.Popen:
     """Start `command` in a sandbox over `folder`; its output goes to `log` (a file in the folder), never to the
     caller's stdout, whose file a process could reopen through /proc/self/fd."""
     exe = bwrap()
     if exe is None:
         raise OSError(f"bwrap not found: {INSTALL_HINT}")
-    args = arguments(folder, plugin_folder, gpu, threads)  # the options; the command itself holds no path
+    args = arguments(folder, plugin_folder, gpu, threads, python_path)  # the options; the command itself holds no path
     r, w = os.pipe()
     os.write(w, b"".join(s.encode() + b"\0" for s in args))  # well under a pipe's buffer
     os.close(w)

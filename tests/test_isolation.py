@@ -359,3 +359,41 @@ run_defense(roots=[Path({str(subs)!r})], name="hang", params={{}}, model_path=Pa
             and time.time() < deadline:
         time.sleep(0.2)
     assert not any(os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kids)
+
+
+def test_a_defense_from_an_installed_package_runs_in_the_sandbox(tmp_path, monkeypatch):
+    """A defense registered through an entry point (an installed distribution) is found inside the sandbox too:
+    the import path that holds its package is shown read-only, and nothing else of the submissions."""
+    import sys
+
+    import torch
+    import yaml
+
+    from benchmark.isolation import run_defense
+    from benchmark.models import Classifier, save
+
+    from .conftest import random_images
+    sandbox_or_skip()
+    site = tmp_path / "site"
+    pkg = site / "bdbench_extra_defense"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "noop.py").write_text(defense("return DefenseOutput(model_score=7.0)"))
+    (pkg / "submission.yaml").write_text(yaml.safe_dump({
+        "name": "ep-noop", "kind": "defense", "entry": "bdbench_extra_defense.noop:Plugin", "paper": "p",
+        "authors": ["a"], "licence": "MIT", "parameters": {}}))
+    dist = site / "bdbench_extra_defense-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bdbench-extra-defense\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bdbench.plugins]\nep-noop = bdbench_extra_defense.noop:Plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    m = Classifier("test_resnet", 4, 3)
+    save(m, tmp_path / "m.safetensors")
+    try:
+        out = run_defense(roots=[], name="ep-noop", params={}, model_path=tmp_path / "m.safetensors", config=m.config,
+                          data=random_images(n=8), eval_images=None, device=torch.device("cpu"), seed=0,
+                          time_limit=300, memory_gb=0, mode="sandbox")
+    finally:
+        for k in [k for k in sys.modules if k.startswith("bdbench_extra_defense")]:
+            del sys.modules[k]
+    assert out["model_score"] == 7.0
