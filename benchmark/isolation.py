@@ -25,6 +25,9 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
+import stat
+import subprocess
 import tempfile
 import time
 import traceback
@@ -187,7 +190,7 @@ class _Sandboxed:
         from . import sandbox
         self.p = sandbox.popen(folder, [sys.executable, "-c", "from benchmark.isolation import main; main()"],
                                plugin_folder=Path(plugin), python_path=[package_path] if package_path else [],
-                               gpu=device.type == "cuda",
+                               gpu=device.type == "cuda", preexec=_limit_file_size,
                                threads=threads, log=folder / "output.log")
 
     def is_alive(self) -> bool:
@@ -225,12 +228,108 @@ def _plugin_source(roots: list[Path], name: str) -> tuple[str, Optional[str]]:
     return reg.manifest("defense", name).folder, str(Path(top.__file__).resolve().parent.parent)
 
 
-def _tail(path: Path, n: int = 1500) -> str:
+def _own_file(folder: Path, name: str, limit: Optional[int] = None, most: Optional[int] = None) -> Optional[bytes]:
+    """The bytes of a regular file the child left in its folder (None if absent; the last `limit` bytes; a file
+    over `most` bytes is refused). The child controls that folder, so a link or a FIFO in place of an output is
+    refused, never followed: the harness reads no host file for it, and nothing larger than it can be."""
     try:
-        text = path.read_text(errors="replace").strip()
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise DefenseFailure(f"the defense left '{name}' as something other than a regular file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise DefenseFailure(f"the defense left '{name}' as something other than a regular file")
+        if most is not None and st.st_size > most:
+            raise DefenseFailure(f"the defense left '{name}' of {st.st_size} bytes, more than the {most} its outputs "
+                                 f"can take")
+        if limit is not None and st.st_size > limit:
+            f.seek(st.st_size - limit)
+        return f.read()
+
+
+def _tail(folder: Path, n: int = 1500) -> str:
+    try:
+        raw = _own_file(folder, "output.log", limit=n)
+    except DefenseFailure as e:
+        return f"\n({e})"
+    text = (raw or b"").decode(errors="replace").strip()
+    return f"\n--- the defense's last output ---\n{text}" if text else ""
+
+
+def _send(folder: Path, images: torch.Tensor) -> None:
+    """Write the evaluation inputs into the child's folder: into a file this process creates (O_EXCL, so no link
+    the child planted is followed), then renamed to the name the child waits for."""
+    from safetensors.torch import save
+    tmp = folder / f".eval-{os.urandom(8).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(save({"images": images.contiguous()}))
+    os.replace(tmp, folder / "eval.safetensors")
+
+
+def _outputs(folder: Path, name: str, config: dict, bounds: dict) -> dict:
+    """What the child wrote, read as data: JSON and safetensors only, the repaired model with the delivered model's
+    architecture (never one the child names)."""
+    from safetensors.torch import load
+    try:
+        r = json.loads(_own_file(folder, "result.json", limit=1 << 24) or b"{}")
+        model = None
+        if r["has_model"]:
+            raw = _own_file(folder, "repaired.safetensors", most=bounds["repaired.safetensors"])
+            if raw is None:
+                raise DefenseFailure(f"defense '{name}' returned a model but left no repaired.safetensors")
+            with tempfile.TemporaryDirectory(prefix="bdbench-repaired-") as own:  # a folder the child never saw
+                (Path(own) / "repaired.safetensors").write_bytes(raw)
+                model = models.load(Path(own) / "repaired.safetensors", config)
+        raw = _own_file(folder, "samples.safetensors", most=bounds["samples.safetensors"])
+        samples = load(raw) if raw is not None else {}
+        raw_scores = _own_file(folder, "scores.safetensors", most=bounds["scores.safetensors"]) if r["scored"] else None
+        score = r["model_score"]
+        return {"model": model, "model_score": None if score is None else float(score), "info": r["info"],
+                "scores": load(raw_scores or b"")["scores"] if r["scored"] else None,
+                "sample_scores": samples.get("sample_scores"), "sample_flags": samples.get("sample_flags")}
+    except DefenseFailure:
+        raise
+    except Exception as e:
+        raise DefenseFailure(f"defense '{name}' left outputs the harness cannot read: {type(e).__name__}: "
+                             f"{str(e)[:300]}") from None
+
+
+DISK_BYTES = 8 << 30  # what a defense may leave in its folder, inputs included; also the largest file it may write
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file at `path` itself (a link the child planted is not followed: no host path is probed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
-        return ""
-    return f"\n--- the defense's last output ---\n{text[-n:]}" if text else ""
+        return False
+
+
+def _usage(folder: Path) -> int:
+    """Bytes on disk under `folder` (du walks the tree without recursion limits), 0 if du is unavailable."""
+    try:
+        r = subprocess.run(["du", "-s", "-x", "-B1", str(folder)], capture_output=True, text=True, timeout=30)
+        return int(r.stdout.split()[0]) if r.returncode == 0 and r.stdout else 0
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0
+
+
+def _remove(folder: Path) -> None:
+    """Delete the child's folder, however deep it made it (shutil.rmtree recurses and fails on ~1000 levels)."""
+    try:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(folder)], capture_output=True, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _limit_file_size() -> None:  # in the sandbox's process, before bwrap starts: no file beyond DISK_BYTES
+    resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_BYTES, DISK_BYTES))
 
 
 def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path, config: dict, data: ImageSet,
@@ -241,15 +340,16 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
     if mode not in ("sandbox", "process"):
         raise ValueError(f"run_defense runs 'sandbox' or 'process', not {mode!r}")
     plugin, package_path = _plugin_source(roots, name)
-    with tempfile.TemporaryDirectory(prefix="bdbench-defense-") as tmp:
-        folder = Path(tmp)
+    folder = Path(tempfile.mkdtemp(prefix="bdbench-defense-"))
+    proc = None
+    try:
         models.for_defense(model_path, folder / "model.safetensors")  # no path into the store, no history
         save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
                   str(folder / "data.safetensors"))
-        job = {"folder": tmp if mode == "process" else ".", "plugin": plugin, "entry_points": package_path is not None,
-               "name": name, "params": params, "config": config, "classes": data.classes, "device": str(device),
-               "seed": seed, "memory_gb": memory_gb, "threads": torch.get_num_threads(),
-               "has_eval": eval_images is not None}
+        job = {"folder": str(folder) if mode == "process" else ".", "plugin": plugin,
+               "entry_points": package_path is not None, "name": name, "params": params, "config": config,
+               "classes": data.classes, "device": str(device), "seed": seed, "memory_gb": memory_gb,
+               "threads": torch.get_num_threads(), "has_eval": eval_images is not None}
         if mode == "sandbox":
             (folder / "job.json").write_text(json.dumps(job))
             proc = _Sandboxed(folder, plugin, package_path, device, job["threads"])
@@ -257,29 +357,42 @@ def run_defense(*, roots: list[Path], name: str, params: dict, model_path: Path,
             job.update(watch=True, parent=os.getpid())
             proc = _context().Process(target=_child, args=(job,), daemon=True)
             proc.start()
-        deadline, sent = time.monotonic() + time_limit, False
+        deadline, sent, checked_disk = time.monotonic() + time_limit, False, time.monotonic()
         while proc.is_alive() and time.monotonic() < deadline:
             proc.join(0.05)
-            if not sent and eval_images is not None and (folder / "ready").exists():
-                save_file({"images": eval_images.contiguous()}, str(folder / "eval.tmp"))
-                (folder / "eval.tmp").replace(folder / "eval.safetensors")
+            if not sent and eval_images is not None and _is_file(folder / "ready"):
+                try:
+                    _send(folder, eval_images)
+                except OSError as e:
+                    raise DefenseFailure(f"defense '{name}': its evaluation inputs could not be handed over "
+                                         f"({e.strerror}); it must leave the name eval.safetensors free") from None
                 sent = True
+            if time.monotonic() - checked_disk > 2.0:
+                checked_disk = time.monotonic()
+                if _usage(folder) > DISK_BYTES:
+                    raise DefenseFailure(f"defense '{name}' wrote more than {DISK_BYTES >> 30} GiB into its folder "
+                                         f"and was stopped")
         if proc.is_alive():
-            proc.kill()
-            proc.join()
             raise DefenseFailure(f"defense '{name}' exceeded its wall-time limit of {time_limit:g} s and was stopped")
-        out = _tail(folder / "output.log")
-        if (folder / "error.json").exists():
-            e = json.loads((folder / "error.json").read_text())
-            hint = f" (memory limit {memory_gb:g} GiB)" if e["type"] == "MemoryError" or "allocate" in e["message"] else ""
-            raise DefenseFailure(f"defense '{name}' raised {e['type']}: {e['message']}{hint}\n"
-                                 + "".join(e["traceback"]) + out)
-        if proc.exitcode != 0 or not (folder / "result.json").exists():
+        out = _tail(folder)
+        error = _own_file(folder, "error.json", limit=1 << 20)
+        if error is not None:
+            try:
+                e = json.loads(error)
+                kind, message, trace = str(e["type"]), str(e["message"]), "".join(map(str, e["traceback"]))
+            except Exception:
+                kind, message, trace = "an error", "it did not describe", ""
+            hint = f" (memory limit {memory_gb:g} GiB)" if kind == "MemoryError" or "allocate" in message else ""
+            raise DefenseFailure(f"defense '{name}' raised {kind}: {message}{hint}\n" + trace + out)
+        if proc.exitcode != 0 or _own_file(folder, "result.json", limit=0) is None:
             raise DefenseFailure(f"defense '{name}' died with exit code {proc.exitcode} "
                                  f"(killed by the system? memory limit {memory_gb:g} GiB){out}")
-        r = json.loads((folder / "result.json").read_text())
-        samples = load_file(str(folder / "samples.safetensors")) if (folder / "samples.safetensors").exists() else {}
-        return {"model": models.load(folder / "repaired.safetensors", None) if r["has_model"] else None,
-                "model_score": None if r["model_score"] is None else float(r["model_score"]), "info": r["info"],
-                "scores": load_file(str(folder / "scores.safetensors"))["scores"] if r["scored"] else None,
-                "sample_scores": samples.get("sample_scores"), "sample_flags": samples.get("sample_flags")}
+        bounds = {"repaired.safetensors": 2 * (folder / "model.safetensors").stat().st_size + (1 << 20),
+                  "samples.safetensors": 8 * len(data) + (1 << 16),
+                  "scores.safetensors": 4 * (0 if eval_images is None else len(eval_images)) + (1 << 16)}
+        return _outputs(folder, name, config, bounds)
+    finally:
+        if proc is not None and proc.is_alive():  # whatever ended the wait, the defense ends with it
+            proc.kill()
+            proc.join()
+        _remove(folder)

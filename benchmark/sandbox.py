@@ -16,7 +16,12 @@ the sandbox it sees:
 
 It does not see the store, the results, the caller's files, environment, command line or processes, the other
 submissions, or the network. bwrap's options reach it through a pipe (`--args`), so even its `/proc/1` holds no
-path. Time and memory limits are kept by isolation.py as for any defense process.
+path. Time and memory limits are kept by isolation.py as for any defense process, which also treats the folder as
+hostile after the child ran (no link followed, sizes bounded, a disk quota, a removal that no depth defeats).
+
+Known limits: the memory limit is an address-space cap per process, so memory a defense holds outside it (a
+memfd) is bounded only by the machine; `/tmp` and `/dev/shm` are capped tmpfs. Threads are not capped. On a GPU,
+all of `/sys` is shown read-only (the driver's libraries read it), which names the host's network interfaces.
 
 Where bubblewrap or user namespaces are unavailable, `available()` says why; isolation.py then warns loudly and
 runs the defense in a plain process, and a leaderboard run (`bdbench grid`) refuses unless told explicitly.
@@ -31,10 +36,11 @@ import site
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 INSIDE = "/defense"  # the defense's folder, as it sees it
 TMP_BYTES = 2 << 30  # its /tmp lives in memory, outside the address-space cap: capped here
+SHM_BYTES = 1 << 30  # likewise /dev/shm (torch's DataLoader workers share tensors through it)
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
                 "on a Linux kernel that allows user namespaces")
@@ -77,7 +83,8 @@ def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: i
             a += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             a += ["--ro-bind", p, p]
-    a += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    a += ["--proc", "/proc", "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+          "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     # CPU topology for torch's thread pool and cpuinfo (no file of the caller's lies there)
     a += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     mounted = list(SYSTEM)
@@ -105,7 +112,8 @@ def arguments(folder: Path, plugin_folder: Optional[Path], gpu: bool, threads: i
 
 
 def popen(folder: Path, command: list[str], *, plugin_folder: Optional[Path] = None, gpu: bool = False,
-          threads: int = 1, log: Optional[Path] = None, python_path: Sequence[str] = ()) -> subprocess.Popen:
+          threads: int = 1, log: Optional[Path] = None, python_path: Sequence[str] = (),
+          preexec: Optional[Callable[[], None]] = None) -> subprocess.Popen:
     """Start `command` in a sandbox over `folder`; its output goes to `log` (a file in the folder), never to the
     caller's stdout, whose file a process could reopen through /proc/self/fd."""
     exe = bwrap()
@@ -120,7 +128,8 @@ def popen(folder: Path, command: list[str], *, plugin_folder: Optional[Path] = N
         # bwrap's own environment is empty too: the sandbox's PID 1 is a bwrap process, whose /proc/1/environ
         # (the environment it was started with) a defense can read
         return subprocess.Popen([exe, "--args", str(r), "--", *command], pass_fds=(r,), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, env={})
+                                stdout=out, stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, env={},
+                                preexec_fn=preexec)
     finally:
         os.close(r)
         if log is not None:

@@ -1,6 +1,7 @@
 """Submitted defenses run in their own process: a crash, a hang or a memory blow-up is a failed cell."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -187,19 +188,22 @@ def isolated(digits_env, tmp_path_factory):
     for name, code in hostile.items():
         write_submission(subs, "defense", name, code)
     reg = Registry(registry.roots + [subs], entry_points=False)
-    limited = dataclasses.replace(sc, defender=Defender(budget=sc.defender.budget, time_limit_s=30, memory_gb=4),
-                                  clean_seeds=[])  # no control cells: the hang would cost another 30 s
+    # a limit a loaded machine keeps (each sandboxed defense starts a fresh interpreter: seconds), and a short one
+    # for the hang alone; no control cells
+    limits = {t: dataclasses.replace(sc, defender=Defender(budget=sc.defender.budget, time_limit_s=t, memory_gb=4),
+                                     clean_seeds=[]) for t in (120, 15)}
     store_home = tmp_path_factory.mktemp("iso")
     import shutil
     shutil.copytree(home / "store", store_home / "store", ignore=shutil.ignore_patterns("defense"))
     mode = "sandbox" if has_sandbox() else "process"  # a plain process where no sandbox starts (tests say which)
-    run = Run(store_home, reg, limited, ["finetune", "crash", "hang", "hog", "corner", *hostile], isolate=mode)
+    run = Run(store_home, reg, limits[120], ["finetune", "crash", "hog", "corner", *hostile], isolate=mode)
+    run.cells += Run(store_home, reg, limits[15], ["hang"], isolate=mode).cells
     return first, run
 
 
 def test_isolated_defense_gives_the_same_result(isolated):
     first, run = isolated
-    assert run.cell("finetune")["status"] == "ok"
+    assert run.cell("finetune")["status"] == "ok", run.cell("finetune").get("error")
     assert run.cell("finetune")["metrics"]["defense"] == first.cell("finetune")["metrics"]["defense"]
     assert run.cell("corner")["metrics"]["defense"]["input_auroc"] == 1.0  # the scorer ran in the child
 
@@ -235,7 +239,7 @@ def test_crash_hang_and_memory_blow_up_are_failed_cells(isolated):
     _, run = isolated
     crash, hang, hog = run.cell("crash"), run.cell("hang"), run.cell("hog")
     assert crash["status"] == "failed" and "RuntimeError: deliberate crash" in crash["error"]["message"]
-    assert hang["status"] == "failed" and "wall-time limit of 30 s" in hang["error"]["message"]
+    assert hang["status"] == "failed" and "wall-time limit of 15 s" in hang["error"]["message"]
     assert hog["status"] == "failed" and "memory limit 4 GiB" in hog["error"]["message"]
     # finetune, corner, nonfinite and (in a sandbox) vandal; failures store nothing
     assert run.computed.count("defense") == 3 + has_sandbox()
@@ -397,3 +401,85 @@ def test_a_defense_from_an_installed_package_runs_in_the_sandbox(tmp_path, monke
         for k in [k for k in sys.modules if k.startswith("bdbench_extra_defense")]:
             del sys.modules[k]
     assert out["model_score"] == 7.0
+
+
+# Attacks on the harness through the defense's own folder, which the parent reads and writes after the child ran
+# (found by a red-team review of the sandbox): each must fail cleanly, probe nothing and leave nothing behind.
+PROBE_BY_LINK = """
+import os, time, torch
+probe = bytes.fromhex(self.params["probe"]).decode()   # a host path that exists
+os.symlink(probe, "ready")                              # does the parent follow it, and hand over eval inputs?
+time.sleep(1.5)
+followed = os.path.exists("eval.safetensors")
+os.unlink("ready")
+shm = dev = "refused"
+try:
+    with open("/dev/shm/blob", "wb") as f:
+        for _ in range(1100):                           # 1100 MiB: over its cap
+            f.write(b"0" * (1 << 20))
+    shm = "written"
+except OSError:
+    pass
+try:
+    open("/dev/blob", "wb").write(b"x")
+    dev = "written"
+except OSError:
+    pass
+os.makedirs("deep", exist_ok=True)
+os.chdir("deep")
+for _ in range(1500):                                   # deeper than shutil.rmtree can recurse
+    os.mkdir("a")
+    os.chdir("a")
+open("left-behind", "w").write("x")
+os.chdir("/defense")
+return DefenseOutput(model_score=0.0, info={"followed": followed, "shm": shm, "dev": dev})
+"""
+EVAL_AS_DIR = """
+import os, subprocess
+subprocess.Popen(["sleep", "987654"], start_new_session=True)
+os.mkdir("eval.safetensors")                            # the name the parent renames its inputs to
+return DefenseOutput(input_scorer=lambda x: x.mean((1, 2, 3)))
+"""
+HUGE_OUTPUT = """
+import json, os
+json.dump({"has_model": False, "model_score": None, "info": {}, "scored": False}, open("result.json", "w"))
+with open("samples.safetensors", "wb") as f:
+    f.truncate(3 << 30)                                 # sparse: costs the defense nothing
+os._exit(0)
+"""
+
+
+def test_the_folder_the_defense_controls_cannot_turn_the_harness_against_the_host(tmp_path):
+    import tempfile
+
+    import torch
+
+    from benchmark.isolation import DefenseFailure, run_defense
+    from benchmark.models import Classifier, save
+
+    from .conftest import random_images
+    sandbox_or_skip()
+    secret = tmp_path / "store" / "meta.json"
+    secret.parent.mkdir()
+    secret.write_text("{}")
+    for name, body in (("probe-by-link", PROBE_BY_LINK), ("eval-as-dir", EVAL_AS_DIR), ("huge-output", HUGE_OUTPUT)):
+        write_submission(tmp_path / "subs", "defense", name, defense(body, "from benchmark import DefenseOutput"),
+                         params={"probe": secret.as_posix().encode().hex()})
+    m = Classifier("test_resnet", 4, 3)
+    save(m, tmp_path / "m.safetensors")
+    folders = lambda: set(Path(tempfile.gettempdir()).glob("bdbench-defense-*"))  # noqa: E731
+    before = folders()
+
+    def run(name):
+        return run_defense(roots=[tmp_path / "subs"], name=name, params={"probe": secret.as_posix().encode().hex()},
+                           model_path=tmp_path / "m.safetensors", config=m.config, data=random_images(n=8),
+                           eval_images=torch.rand(6, 3, 32, 32), device=torch.device("cpu"), seed=0, time_limit=120,
+                           memory_gb=4, mode="sandbox")
+    info = run("probe-by-link")["info"]
+    assert info == {"followed": False, "shm": "refused", "dev": "refused"}, info
+    with pytest.raises(DefenseFailure, match="leave the name eval.safetensors free"):
+        run("eval-as-dir")
+    assert _sleepers() == []  # the failure ended the sandbox
+    with pytest.raises(DefenseFailure, match="more than the"):
+        run("huge-output")
+    assert folders() == before  # every defense folder removed, the deep one too
