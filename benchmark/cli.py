@@ -166,7 +166,6 @@ def cmd_publish(args) -> int:
     import torch
     from . import hub
     from .pipeline import Runner
-    from .scenario import PluginSpec
     from .store import Store
     from .zoo import AttackRef, Checkpoint, FileRef, ScenarioRef, entry_yaml
 

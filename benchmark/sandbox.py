@@ -147,8 +147,8 @@ def available() -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="bdbench-sandbox-check-") as tmp:
         log = Path(tmp) / "log.txt"
         try:
-            p = popen(Path(tmp), [sys.executable, "-c", "import benchmark, os; open('ok', 'w').write(str(os.getuid()))"],
-                      log=log)
+            probe = "import benchmark, os; open('ok', 'w').write(str(os.getuid()))"
+            p = popen(Path(tmp), [sys.executable, "-c", probe], log=log)
             p.wait(timeout=60)
         except (OSError, subprocess.SubprocessError) as e:
             return False, f"bwrap failed to start: {e}"

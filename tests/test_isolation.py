@@ -13,8 +13,8 @@ from .conftest import REPO, Run, has_sandbox, sandbox_or_skip, write_submission
 # A defense that tries every way it can think of to reach the attack, its target, triggered data, the store or
 # the results: through what it is given, what lives in its process, its environment and open files, every process
 # it can see in /proc, the sockets and network interfaces it can see, and every file it can reach from /. It looks
-# for `forbidden` strings (hex-encoded in its parameters; the store's and the results' paths, and a canary the test writes into both) and
-# reports where it found them.
+# for `forbidden` strings (hex-encoded in its parameters: the store's and the results' paths, and a canary the test
+# writes into both and into the run's environment) and reports where it found them.
 CHEAT = """
 import gc, json, os, stat, struct, sys, time
 from pathlib import Path
@@ -263,8 +263,8 @@ def test_a_cheating_defense_finds_nothing_in_the_sandbox(digits_env, tmp_path_fa
     for folder in (store_home / "store", store_home / "results"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "canary.txt").write_text(canary)
-    write_submission(subs, "defense", "cheat", CHEAT, params={"forbidden": [s.encode().hex() for s in (str(store_home), canary)],
-                                                                "max_clean": 10 ** 6, "port": 0})
+    forbidden = [s.encode().hex() for s in (str(store_home), canary)]
+    write_submission(subs, "defense", "cheat", CHEAT, params={"forbidden": forbidden, "max_clean": 10 ** 6, "port": 0})
     reg = Registry(registry.roots + [subs], entry_points=False)
     quick = dataclasses.replace(sc, clean_seeds=[])
     found = {}
