@@ -100,6 +100,13 @@ def gives_model_score(c: dict) -> bool:
         (m.get("model_score") is not None or "model_score" in (m.get("nonfinite") or {}))
 
 
+def unsandboxed(cells: list[dict]) -> dict[str, int]:
+    """How many cells' defenses ran outside the sandbox, by how ('process', 'none'); files written before the
+    sandbox existed (2026-12-07) do not say and are not counted."""
+    return dict(sorted(Counter(c["provenance"]["isolation"] for c in cells
+                               if (c.get("provenance") or {}).get("isolation") in ("process", "none")).items()))
+
+
 def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
     """Those of `defense_ids` that gave a model score (gives_model_score) in a result file of a scenario's results
     `folder`: read from the files, so a grid's separate tasks agree on which controls to run."""
@@ -263,7 +270,7 @@ def defense_rows(cells: list[dict]) -> list[dict]:
         for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score", "sample_auroc", "sample_aupr",
                   "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr"):
             row[k] = _stats(ok, d(k))
-        row["nonfinite"] = sum(bool((c["metrics"]["defense"] or {}).get("nonfinite")) for c in ok)
+        row["nonfinite"] = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
         row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
         for k in ("ca", "asr", "ra"):
             row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])

@@ -149,7 +149,8 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
                           "commits": sorted(Counter(_code(c["provenance"]["git"]) for c in cs).items()),
                           "retrained": results.retrained(cs),
-                          "hardware": sorted(Counter(hardware_label(c) for c in cs).items())})
+                          "hardware": sorted(Counter(hardware_label(c) for c in cs).items()),
+                          "unsandboxed": results.unsandboxed(cs)})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON
     for c in cells:

@@ -424,3 +424,22 @@ def test_nonfinite_scores_are_flagged_on_the_site_and_in_the_terminal(results_di
     bad["metrics"]["defense"]["nonfinite"] = {"model_score": "big"}
     with pytest.raises(BenchError, match="does not match the result schema"):
         results.validate(bad, "bad cell")
+
+
+def test_cells_whose_defense_ran_outside_the_sandbox_are_marked(results_dir, tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(results_dir, out, ignore=shutil.ignore_patterns("evil"))
+    f = out / "digits-v1/badnets/finetune/seed-0.json"
+    cell = json.loads(f.read_text())
+    index = lambda: (tmp_path / "site/index.html").read_text()  # noqa: E731
+    cell["provenance"]["isolation"] = "sandbox"
+    f.write_text(json.dumps(cell))
+    site.build(out, tmp_path / "site")
+    assert "plain process" not in index()  # (the session's digits cells ran in-process: isolation "none")
+    cell["provenance"]["isolation"] = "process"
+    results.validate(cell, "cell")
+    f.write_text(json.dumps(cell))
+    site.build(out, tmp_path / "site")
+    v1 = index().split("Scenario digits v1")[1]
+    note = v1.split("Not sandboxed: ")[1].split("</p>")[0]
+    assert "1 cell the defense ran in a plain process of its own" in note, note
