@@ -85,24 +85,28 @@ class Plugin(Defense):
         except OSError:
             pass
         start, files = time.monotonic(), 0
-        for root, dirs, names in os.walk("/"):  # the filesystem: every name, and the content of small files
-            if root == "/":
-                dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
-            for name in dirs + names:
-                look(f"a path under {root}", os.path.join(root, name))
-            if any(root == s or root.startswith(s.rstrip("/") + "/") for s in SYSTEM):
+        stack = ["/"]  # the filesystem, walked without recursion (any depth): every name, small files' content
+        while stack:
+            root = stack.pop()
+            try:
+                entries = list(os.scandir(root))
+            except OSError:
                 continue
-            for name in names:
-                path = os.path.join(root, name)
+            system = any(root == s or root.startswith(s.rstrip("/") + "/") for s in SYSTEM)
+            for e in entries:
+                look(f"a path under {root}", e.path)
                 try:
-                    st = os.lstat(path)
+                    if e.is_dir(follow_symlinks=False):
+                        if e.path not in ("/proc", "/sys", "/dev"):
+                            stack.append(e.path)
+                    elif not system and e.is_file(follow_symlinks=False) and files < 50000 \
+                            and e.stat(follow_symlinks=False).st_size < (1 << 16):
+                        files += 1
+                        look(f"a file under {root}", read(e.path))
+                        if e.name.startswith("eval") and e.name.endswith(".safetensors"):
+                            found.add("evaluation inputs on disk")
                 except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode) and st.st_size < (1 << 16) and files < 50000:
-                    files += 1
-                    look(f"a file under {root}", read(path))
-                    if name.startswith("eval") and name.endswith(".safetensors"):
-                        found.add("evaluation inputs on disk")
+                    pass
         if len(clean) > self.params["max_clean"] or set(clean.labels.tolist()) - set(range(clean.num_classes)):
             found.add("more than the clean budget")
         for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
