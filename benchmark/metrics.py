@@ -1,4 +1,5 @@
-"""Scores, as defined in REFERENCE.md. Inputs are label tensors; outputs are plain floats."""
+"""Scores: CA, ASR, RA, t*, detection AUROC/AUPR/TPR, DER, intervals; each function's docstring is its definition.
+Inputs are label tensors; outputs are plain floats."""
 from __future__ import annotations
 
 import math

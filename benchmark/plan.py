@@ -82,7 +82,7 @@ def preflight(sc: Scenario, registry) -> None:
     for key, spec in (("upstream.data", sc.upstream.data), ("downstream.data", sc.downstream.data)):
         if spec.source == "local" and not (base / spec.path).is_dir():
             raise ConfigError(sc.file, f"{key}.path", f"folder {(base / spec.path).resolve()} does not exist (paths "
-                              "are relative to the scenario file; the shared datasets are described in DATA.md)")
+                              "are relative to the scenario file)")
         have = labels(spec, base)
         if have is not None and spec.classes is not None:
             missing = sorted(set(spec.classes) - have)
