@@ -40,9 +40,9 @@ CONTROL = {"id": "clean-upstream", "name": "clean-upstream", "params": {}, "info
 class Data:
     up_train: ImageSet
     up_test: ImageSet
-    down_train: ImageSet  # the victim's training set (validation held out)
-    down_val: ImageSet    # t* is chosen on it
-    down_test: ImageSet
+    down_train: ImageSet  # the victim's training set (validation held out); protocol none: up_train
+    down_val: Optional[ImageSet]  # t* is chosen on it; protocol none: None (the attack's own targets)
+    down_test: ImageSet   # protocol none: up_test
 
 
 def cell_path(results: Path, sc: Scenario, attack: str, defense: Optional[str], seed: int) -> Path:
@@ -74,6 +74,9 @@ class Runner:
         if self._data is None:
             sc, cache = self.scenario, self.store.root / "data"
             up_train, up_test = load_data(sc.upstream.data, sc.image, cache, sc.base_dir)
+            if not sc.downstream.transfers:  # no transfer: the victim's task is the upstream task
+                self._data = Data(up_train, up_test, up_train, None, up_test)
+                return self._data
             tr, te = load_data(sc.downstream.data, sc.image, cache, sc.base_dir)
             keep, val = split(tr.labels, sc.downstream.val_fraction, sc.downstream.split_seed)
             self._data = Data(up_train, up_test, tr.subset(keep), tr.subset(val), te)
@@ -160,7 +163,11 @@ class Runner:
         return self._build("backdoor", spec, fn, f"plant {attack.id} (seed {seed})")
 
     def downstream(self, upstream: Artifact, seed: int, what: str) -> Artifact:
+        """The model the victim deploys: `upstream` fine-tuned on the downstream task, or (protocol none)
+        `upstream` itself."""
         sc = self.scenario
+        if not sc.downstream.transfers:
+            return upstream
         spec = {"upstream": upstream.key, "image": to_dict(sc.image), "downstream": to_dict(sc.downstream), "seed": seed}
 
         def fn():
@@ -195,21 +202,53 @@ class Runner:
         return self.store.build("eval", spec, fn).meta["metrics"]
 
     def eval_transfer(self, art: Artifact, attack: PluginSpec, planted: Artifact) -> dict:
-        """After transfer: t* from triggered validation images, then ASR/RA on the test set."""
-        spec = {"model": art.key, "trigger": planted.key, "level": "transfer"}
+        """After transfer: t* from triggered validation images, then ASR/RA on the test set. Protocol none: the
+        scores in the attack's own label space (eval_upstream), with the budget's target as t*.
+
+        Every scored set gets a fresh attack instance (`draws: per-set`): an attack that draws its trigger at
+        random (random-backdoor) then gives the test set the same triggers here as in `defend`."""
+        if not self.scenario.downstream.transfers:
+            return {**self.eval_upstream(art, attack, planted), "target": self.scenario.attack.target}
+        spec = {"model": art.key, "trigger": planted.key, "level": "transfer", "draws": "per-set"}
 
         def fn():
-            a, d, model = self._attack(attack, planted), self.data, art.model()
-            val_pred = training.predict(model, d.down_val, device=self.device, transform=a.apply)
+            d, model = self.data, art.model()
+            val_pred = training.predict(model, d.down_val, device=self.device,
+                                        transform=self._attack(attack, planted).apply)
             t = metrics.transfer_target(val_pred, d.down_val.num_classes)
-            return None, {"metrics": {**self._scores(model, a, d.down_test, t), "target": t}}
+            return None, {"metrics": {**self._scores(model, self._attack(attack, planted), d.down_test, t),
+                                      "target": t}}
         return self.store.build("eval", spec, fn).meta["metrics"]
 
-    def _eval_inputs(self, a: Attack, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _goal(self, a: Attack, test: ImageSet, target: int):
+        """The label each triggered test input should receive: t* after transfer; without transfer, the attack's
+        own targets (all-to-all attacks included)."""
+        if self.scenario.downstream.transfers:
+            return target
+        return a.targets(test.labels, test.num_classes, self.scenario.attack.target)
+
+    def _defender_data(self, attack: Optional[PluginSpec], planted: Optional[Artifact], seed: int) -> ImageSet:
+        """The defender's clean budget: a stratified `defender.budget` share of the victim's training set, drawn
+        with the cell's seed. Protocol none: of the upstream training set, among the samples the attack's poisoning
+        left untouched (the same draw plant() made; an attack that controls training has no poisoned set)."""
+        sc, d = self.scenario, self.data
+        pool = torch.arange(len(d.down_train))
+        if not sc.downstream.transfers and attack is not None \
+                and self.registry.plugin_class("attack", attack.name).poisons_data:
+            a = self._attack(attack, planted)
+            touched = a.poison(d.up_train, sc.attack, self.ctx(seed).generator(1)).indices
+            pool = pool[~torch.isin(pool, touched)]
+        share = sc.defender.budget if len(pool) == len(d.down_train) else \
+            min(1.0, sc.defender.budget * len(d.down_train) / len(pool))
+        _, held = split(d.down_train.labels[pool], share, seed)
+        return d.down_train.subset(pool[held])
+
+    def _eval_inputs(self, a: Attack, goal) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-level detection set: every clean test image (label 0) and every triggered test image whose
-        true label is not t* (label 1), shuffled with a fixed permutation; uint8 images and labels."""
+        true label is not its target (`goal`: t*, or per input without transfer) (label 1), shuffled with a fixed
+        permutation; uint8 images and labels."""
         test = self.data.down_test
-        nt = test.images[test.labels != target]
+        nt = test.images[test.labels != goal]
         trig = a.apply_uint8(nt)
         images = torch.cat([test.images, trig])
         labels = torch.cat([torch.zeros(len(test), dtype=torch.long), torch.ones(len(trig), dtype=torch.long)])
@@ -223,19 +262,23 @@ class Runner:
         sc = self.scenario
         spec = {"model": delivered.key, "defense": self._ident("defense", defense),
                 "defender": {"budget": sc.defender.budget}, "seed": seed,
-                "eval": None if attack is None else {"trigger": planted.key, "target": target}}
+                "eval": None if attack is None else {"trigger": planted.key, "target": target, "draws": "per-set"}}
+        if not sc.downstream.transfers:
+            spec["defender"]["pool"] = "untouched-upstream"
 
         def fn():
             d = self.data
-            _, held = split(d.down_train.labels, sc.defender.budget, seed)
-            clean = d.down_train.subset(held)
+            clean = self._defender_data(attack, planted, seed)
+            # a fresh attack instance per scored set: the test set gets the triggers eval_transfer gave it
             a = None if attack is None else self._attack(attack, planted)
+            goal = None if a is None else self._goal(a, d.down_test, target)
             # the defense sees a private copy of the delivered model and the clean budget, nothing else;
             # its per-input scorer sees unlabeled, shuffled clean and triggered inputs only after run() returned
-            eval_images, eval_labels = self._eval_inputs(a, target) if a is not None else (None, None)
+            eval_images, eval_labels = self._eval_inputs(self._attack(attack, planted), goal) \
+                if a is not None else (None, None)
             out = self._invoke(defense, delivered, clean, eval_images, seed)
             model = out["model"]
-            after = self._scores(model if model is not None else delivered.model(), a, d.down_test, target)
+            after = self._scores(model if model is not None else delivered.model(), a, d.down_test, goal)
             m = {**after, "repaired": model is not None, "clean_budget": len(clean),
                  "model_score": metrics.finite_or_none(out["model_score"]), "input_auroc": None}
             nonfinite = {"model_score": metrics.nonfinite_label(out["model_score"])}
@@ -352,12 +395,13 @@ class Runner:
         out = []
         try:
             stages["upstream"] = self.clean_upstream()
-            stages["downstream_clean"] = self.downstream(stages["upstream"], seed, "from clean upstream")
+            delivered = self._stage(stages, "downstream_clean", self.downstream(stages["upstream"], seed,
+                                                                                "from clean upstream"))
         except Exception as e:
             return [self._write(base, d, seed, stages, None, error=e) for d in defenses]
         for d in defenses:
             try:
-                art = self.defend(stages["downstream_clean"], d, None, None, None, None, seed)
+                art = self.defend(delivered, d, None, None, None, None, seed)
                 out.append(self._write(base, d, seed, {**stages, "defense": art},
                                        {"defense": art.meta["metrics"]}, info=art.meta.get("info")))
             except Exception as e:
@@ -383,13 +427,15 @@ class Runner:
             stages["upstream"] = self.clean_upstream()
             stages["backdoor"] = self.backdoored_upstream(attack, seed)
             base["attack"]["info"] = stages["backdoor"].meta.get("info")
-            stages["downstream_clean"] = self.downstream(stages["upstream"], seed, "from clean upstream")
-            stages["downstream"] = self.downstream(stages["backdoor"], seed, f"from {attack.id} upstream")
+            clean = self._stage(stages, "downstream_clean",
+                                self.downstream(stages["upstream"], seed, "from clean upstream"))
+            delivered = self._stage(stages, "downstream",
+                                    self.downstream(stages["backdoor"], seed, f"from {attack.id} upstream"))
             shared = {
                 "upstream": {"clean": self.eval_upstream(stages["upstream"], attack, stages["backdoor"]),
                              "backdoored": self.eval_upstream(stages["backdoor"], attack, stages["backdoor"])},
-                "transfer": {"clean": self.eval_transfer(stages["downstream_clean"], attack, stages["backdoor"]),
-                             "backdoored": self.eval_transfer(stages["downstream"], attack, stages["backdoor"])},
+                "transfer": {"clean": self.eval_transfer(clean, attack, stages["backdoor"]),
+                             "backdoored": self.eval_transfer(delivered, attack, stages["backdoor"])},
             }
         except Exception as e:  # the attack (or a stage before any defense) failed: every cell of it fails
             return [self._write(base, d, seed, stages, None, error=e)
@@ -405,12 +451,19 @@ class Runner:
                 if self.position(d) == "data":
                     art = self.inspect(d, attack, stages["backdoor"], seed)
                 else:
-                    art = self.defend(stages["downstream"], d, attack, stages["backdoor"], target, before, seed)
+                    art = self.defend(delivered, d, attack, stages["backdoor"], target, before, seed)
                 out.append(self._write(base, d, seed, {**stages, "defense": art},
                                        {**shared, "defense": art.meta["metrics"]}, info=art.meta.get("info")))
             except Exception as e:
                 out.append(self._write(base, d, seed, stages, shared, error=e))
         return out
+
+    def _stage(self, stages: dict, name: str, art: Artifact) -> Artifact:
+        """Record a downstream stage in the cell's `stages`; without transfer the delivered model is the
+        upstream artifact itself, already recorded, and is not listed twice."""
+        if self.scenario.downstream.transfers:
+            stages[name] = art
+        return art
 
     def _applies(self, defense: PluginSpec, attack: PluginSpec) -> bool:
         """False for a training-data defense against an attack that controls training (no poisoned set exists);

@@ -80,6 +80,8 @@ def preflight(sc: Scenario, registry) -> None:
     base = sc.base_dir
     n_classes = {}
     for key, spec in (("upstream.data", sc.upstream.data), ("downstream.data", sc.downstream.data)):
+        if spec is None:  # protocol none: no downstream task
+            continue
         if spec.source == "local" and not (base / spec.path).is_dir():
             raise ConfigError(sc.file, f"{key}.path", f"folder {(base / spec.path).resolve()} does not exist (paths "
                               "are relative to the scenario file)")
@@ -118,7 +120,7 @@ class Estimate:
 def estimate(sc: Scenario) -> Estimate:
     base = sc.base_dir
     up_tr, up_te = sizes(sc.upstream.data, base)
-    dn_tr, dn_te = sizes(sc.downstream.data, base)
+    dn_tr, dn_te = sizes(sc.downstream.data, base) if sc.downstream.transfers else (0, 0)
     n = {"upstream train": up_tr, "upstream test": up_te, "downstream train": dn_tr, "downstream test": dn_te}
     g_up = gflops(sc.upstream.arch, sc.image.size, sc.image.channels)
     g_dn = gflops(sc.upstream.arch, sc.image.size, sc.image.channels, 2)
@@ -129,7 +131,8 @@ def estimate(sc: Scenario) -> Estimate:
     clean_seeds = len(set(sc.seeds) | set(sc.clean_seeds or []))
     train = (sc.upstream.train.epochs * up_tr * g_up                        # once per scenario
              + runs * sc.attack.inject.epochs * up_tr * g_up                # plant, per attack and seed
-             + (runs + clean_seeds) * sc.downstream.train.epochs * dn_tr * g_dn)  # transfers
+             + ((runs + clean_seeds) * sc.downstream.train.epochs * dn_tr * g_dn  # transfers
+                if sc.downstream.transfers else 0))
     evals = runs * (4 * up_te * g_up + 4 * dn_te * g_dn)                    # clean + triggered, both models
     return Estimate(sc, cells, g_up, g_dn, n, 3 * train / 1e6, evals / 1e6)
 

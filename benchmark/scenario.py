@@ -138,15 +138,27 @@ class AttackBudget:
 @dataclass
 class Downstream:
     """The victim's task: a new head on the delivered model, fine-tuned with `protocol`:
-    `full` (all layers), `linear` (head only) or `last_blocks` (the last `blocks` blocks + head)."""
-    data: DataSpec
-    train: Recipe
-    protocol: Literal["full", "linear", "last_blocks"] = "full"
+    `full` (all layers), `linear` (head only) or `last_blocks` (the last `blocks` blocks + head).
+    `none`: no transfer. The victim uses the delivered (backdoored upstream) model as it is, in the attack's own
+    label space; the defender's clean budget is drawn from the upstream training samples the attack left
+    untouched, and the upstream test set scores it (the standard setting every backdoor paper reports)."""
+    data: Optional[DataSpec] = None
+    train: Optional[Recipe] = None
+    protocol: Literal["full", "linear", "last_blocks", "none"] = "full"
     blocks: Optional[int] = None
     val_fraction: float = 0.1  # held out of the training split; t* is chosen on it
     split_seed: int = 0
 
     def check(self):
+        if self.protocol == "none":
+            for key in ("data", "train", "blocks"):
+                if getattr(self, key) is not None:
+                    raise Invalid(key, "protocol 'none' (no transfer) has no downstream task: remove this key")
+            return
+        for key in ("data", "train"):
+            if getattr(self, key) is None:
+                raise Invalid(key, f"missing required key: protocol {self.protocol!r} transfers to a downstream task "
+                                   "(or say 'protocol: none' for no transfer)")
         if self.protocol == "last_blocks" and (self.blocks is None or self.blocks < 1):
             raise Invalid("blocks", "protocol 'last_blocks' needs 'blocks' >= 1")
         if self.protocol != "last_blocks" and self.blocks is not None:
@@ -154,10 +166,14 @@ class Downstream:
         if not 0 < self.val_fraction < 0.5:
             raise Invalid("val_fraction", "must lie in (0, 0.5)")
 
+    @property
+    def transfers(self) -> bool:
+        return self.protocol != "none"
+
 
 @dataclass
 class Defender:
-    budget: float = 0.05  # share of the downstream training set the defender holds, clean
+    budget: float = 0.05  # share of the downstream (protocol none: upstream) training set the defender holds, clean
     time_limit_s: float = 3600.0  # per defense cell, when defenses run in their own process
     memory_gb: float = 8.0        # address-space cap of that process (CPU only)
 
