@@ -236,6 +236,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_calibration(args) -> int:
+    from . import calibration, results
+    rows, ref = calibration.table(results.load(Path(args.results)), args.scenario)
+    calibration.print_table(rows, ref)
+    return 1 if args.strict and any(r.verdict == "FAIL" for r in rows) else 0
+
+
 def cmd_validate(args) -> int:
     from .validate import validate
     problems = validate(Path(args.path), time_limit=args.time_limit, workdir=Path(args.workdir))
@@ -370,6 +377,12 @@ def parser() -> argparse.ArgumentParser:
     hl.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     hl.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching")
     hl.set_defaults(fn=cmd_headline)
+
+    ca = sub.add_parser("calibration", help="the no-transfer calibration scenario beside published figures")
+    ca.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
+    ca.add_argument("--scenario", help="a no-transfer scenario [the reference's: calib-cifar10]")
+    ca.add_argument("--strict", action="store_true", help="exit 1 if a row misses its expectation")
+    ca.set_defaults(fn=cmd_calibration)
 
     cp = sub.add_parser("compare", help="compare defenses (or attacks) of one scenario in the terminal")
     cp.add_argument("scenario")

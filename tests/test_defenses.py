@@ -27,7 +27,7 @@ def plant_loud_channel(model, c, gain=50.0):
 
 @pytest.fixture
 def linf(registry):
-    return registry.create("defense", "linf-pruning", {"finetune_epochs": 1})
+    return registry.create("defense", "linf-pruning", {"finetune_epochs": 1, "layer": "features"})
 
 
 def test_robust_z_definition(linf):
@@ -99,6 +99,27 @@ def test_linf_pruning_at_a_batch_norm_layer(registry):
     assert torch.all(out.model.feature_mask == 1)
     with pytest.raises(ValueError, match="not a BatchNorm2d"):
         registry.create("defense", "linf-pruning", {"layer": "net.nope"}).run(tiny(), clean, Context(torch.device("cpu"), 0, False))
+
+
+def test_linf_pruning_auto_layer_scores_maps_with_spatial_extent(registry):
+    """layer auto: the deepest batch-norm output of at least min_map x min_map (test_resnet at 32 px: its last
+    stage is 1x1, where l_inf, l2 and l1 coincide); info records the layer, its map and every channel's score."""
+    model = tiny()
+    fn = type(registry.create("defense", "linf-pruning")).run.__globals__
+    sizes = fn["map_sizes"](model, 32, 3, torch.device("cpu"))
+    assert min(sizes[list(sizes)[-1]]) == 1  # the last stage: 1x1 at 32 px
+    layer, size = fn["auto_layer"](model, 32, 3, torch.device("cpu"), 4)
+    names = list(sizes)
+    assert min(size) >= 4 and all(min(sizes[n]) < 4 for n in names[names.index(layer) + 1:])
+    clean = random_images(n=32)
+    out = registry.create("defense", "linf-pruning", {"finetune_epochs": 1}).run(
+        model, clean, Context(torch.device("cpu"), 0, False))
+    assert out.info["layer"] == layer and out.info["map"] == list(size)
+    # the scores recorded are the l_inf norms at that layer (on the model as delivered)
+    expect = fn["channel_norms"](tiny(), clean, torch.device("cpu"), "linf", layer)
+    assert np.allclose(out.info["scored"], expect.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="no batch-norm output of at least"):
+        fn["auto_layer"](model, 32, 3, torch.device("cpu"), 64)
 
 
 def test_finetune_changes_weights_and_only_sees_clean_data(registry):

@@ -1,8 +1,10 @@
-"""Activation Clustering (Chen et al. 2018): per label, 2-means on reduced activations; a small cluster is poison."""
+"""Activation Clustering (Chen et al. 2018): per label, 2-means on reduced activations; the smaller cluster of a
+label that splits well (silhouette) is poison."""
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
+from sklearn.metrics import silhouette_score
 
 from benchmark import Defense, DefenseOutput
 from benchmark.training import embeddings
@@ -38,16 +40,22 @@ class ActivationClustering(Defense):
             z = self.reduce(r[idx], ctx.seed)
             km = KMeans(2, n_init=10, random_state=ctx.seed).fit(z)
             sizes = np.bincount(km.labels_, minlength=2)
-            large = int(sizes.argmax())
+            small = int(sizes.argmin())
             rel = sizes.min() / len(idx)
-            # continuous score: position along the axis from the larger to the smaller cluster's centre (the
-            # k-means boundary is its midpoint), in units of its standard deviation within the label
-            a, b = km.cluster_centers_[large], km.cluster_centers_[1 - large]
+            # the paper's two cluster analyses: relative size (the poison is the SMALLER cluster, flagged when its
+            # share is below size_threshold) and the silhouette score (how well two clusters fit the label: high
+            # for a poisoned label, where poison and clean activations separate)
+            sil = float(silhouette_score(z, km.labels_, sample_size=min(len(idx), 2000), random_state=ctx.seed))
+            a, b = km.cluster_centers_[1 - small], km.cluster_centers_[small]
             proj = (z - (a + b) / 2) @ ((b - a) / max(np.linalg.norm(b - a), 1e-12))
-            score[idx] = proj / max(proj.std(), 1e-12)
-            if rel < self.params["size_threshold"]:
-                flags[idx[km.labels_ != large]] = True
-            per_label[train.classes[c]] = {"smaller_cluster": round(float(rel), 4),
-                                           "flagged": bool(rel < self.params["size_threshold"])}
+            # continuous score: the sample's position towards the smaller cluster (in units of its spread within the
+            # label), weighted by the label's silhouette, so samples ranked high sit in the small cluster of a label
+            # that splits cleanly in two
+            score[idx] = max(sil, 0.0) * proj / max(proj.std(), 1e-12)
+            flagged = bool(rel < self.params["size_threshold"])
+            if flagged:
+                flags[idx[km.labels_ == small]] = True
+            per_label[train.classes[c]] = {"smaller_cluster": round(float(rel), 4), "silhouette": round(sil, 4),
+                                           "flagged": flagged}
         return DefenseOutput(sample_scores=torch.from_numpy(score), sample_flags=torch.from_numpy(flags),
                              info={"per_label": per_label, "reducer": self.params["reducer"]})

@@ -73,6 +73,8 @@ class ANP(Defense):
                     loss = -F.cross_entropy(model(x), y)
                     noise_opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    for t in noise:  # a signed-gradient (FGSM-style) ascent step of size eps / pgd_steps, as the
+                        t.grad.sign_()  # reference does: raw gradients are ~1e-3 and would leave the noise random
                     noise_opt.step()
                     for l in layers.values():
                         l.clip()

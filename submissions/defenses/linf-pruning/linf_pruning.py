@@ -1,5 +1,5 @@
-"""l_inf neuron pruning (Cheng et al. 2020), on the last feature map or a chosen batch-norm layer, then a
-brief fine-tune."""
+"""l_inf neuron pruning (Cheng et al. 2020), on the deepest batch-norm layer whose activation maps have spatial
+extent (or a chosen layer, or the last feature map), then a brief fine-tune."""
 import torch
 from torch import nn
 
@@ -16,6 +16,35 @@ def _bn(model, layer: str) -> nn.BatchNorm2d:
         raise ValueError(f"layer {layer!r} is not a BatchNorm2d of {model.arch}; use 'features' or one of "
                          f"{', '.join(names[-6:])} ...")
     return mod
+
+
+def map_sizes(model, image_size: int, channels: int, device) -> dict[str, tuple[int, int]]:
+    """Every BatchNorm2d module's output map (height, width) for one input of the model's size."""
+    sizes, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:]))))
+    was = model.training
+    try:
+        model.to(device).eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return sizes
+
+
+def auto_layer(model, image_size: int, channels: int, device, min_map: int) -> tuple[str, tuple[int, int]]:
+    """The deepest BatchNorm2d whose output map is at least min_map x min_map: the l_inf norm of a map then
+    differs from its mean (at 1x1 the l_inf, l2 and l1 norms of a channel all equal its one value)."""
+    sizes = map_sizes(model, image_size, channels, device)
+    wide = [n for n, (h, w) in sizes.items() if min(h, w) >= min_map]
+    if not wide:
+        raise ValueError(f"{model.arch} at {image_size} px has no batch-norm output of at least {min_map}x{min_map} "
+                         f"(largest: {max(sizes.values()) if sizes else 'none'}); lower min_map or name a layer")
+    return wide[-1], sizes[wide[-1]]
 
 
 def channel_norms(model, clean, device, statistic: str = "linf", layer: str = "features",
@@ -64,6 +93,8 @@ class LinfPruning(Defense):
         super().__init__(**params)
         if params["statistic"] not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {params['statistic']!r}")
+        if params["min_map"] < 1:
+            raise ValueError(f"min_map must be >= 1, got {params['min_map']}")
         if not 0 <= params["max_ratio"] <= 1 or not 0 <= params["ratio"] <= 1:
             raise ValueError("ratio and max_ratio must lie in [0, 1]")
 
@@ -76,15 +107,18 @@ class LinfPruning(Defense):
 
     def run(self, model, clean, ctx):
         p = self.params
-        norms = channel_norms(model, clean, ctx.device, p["statistic"], p["layer"])
+        layer, size = p["layer"], None
+        if layer == "auto":
+            layer, size = auto_layer(model, clean.images.shape[-1], clean.images.shape[1], ctx.device, p["min_map"])
+        norms = channel_norms(model, clean, ctx.device, p["statistic"], layer)
         z = robust_z(norms)
         pruned = self.select(z)
-        if p["layer"] == "features":  # the model's own channel mask: stays through the fine-tune
+        if layer == "features":  # the model's own channel mask: stays through the fine-tune
             with torch.no_grad():
                 model.feature_mask[pruned] = 0.0
             keep_pruned = None
         else:  # a batch-norm neuron: scale and shift to 0 (its ReLU output is then 0), kept there while fine-tuning
-            bn = _bn(model, p["layer"])
+            bn = _bn(model, layer)
 
             def keep_pruned():
                 with torch.no_grad():
@@ -97,7 +131,8 @@ class LinfPruning(Defense):
         return DefenseOutput(
             model=model,
             model_score=float(z.max()),
-            info={"layer": "last feature map" if p["layer"] == "features" else p["layer"], "channels": len(z),
-                  "pruned": pruned,
-                  "pruned_z": [round(float(z[c]), 3) for c in pruned], "statistic": p["statistic"]},
+            info={"layer": "last feature map" if layer == "features" else layer, "channels": len(z),
+                  "map": list(size) if size else None, "pruned": pruned,
+                  "pruned_z": [round(float(z[c]), 3) for c in pruned], "statistic": p["statistic"],
+                  "scored": [round(float(v), 4) for v in norms]},  # per channel: the mean norm that was scored
         )

@@ -1,0 +1,154 @@
+"""The no-transfer protocol (downstream.protocol: none), the calibration table, and the RNG flow of scoring."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from benchmark import calibration
+from benchmark.errors import ConfigError
+from benchmark.registry import Registry
+from benchmark.scenario import PluginSpec, load_scenario
+
+from .conftest import REPO, Run, write_submission
+
+# a defense that returns no model and a constant model score: the defended scores must equal the undefended ones
+NOOP = """
+from benchmark import Defense, DefenseOutput
+class Plugin(Defense):
+    def run(self, model, clean, ctx):
+        self.seen = len(clean)
+        return DefenseOutput(model_score=1.0, info={"clean_budget": len(clean)})
+"""
+
+DIGITS10 = {
+    "name": "digits-calib", "version": 1,
+    "image": {"size": 32, "channels": 1},
+    "upstream": {"data": {"source": "sklearn-digits"}, "arch": "test_resnet",
+                 "train": {"epochs": 8, "lr": 0.05, "batch_size": 64, "augment": {"crop_pad": 2}}, "seed": 0},
+    "attack": {"poison_rate": 0.1, "target": 0, "inject": {"epochs": 8, "lr": 0.05, "batch_size": 64}},
+    "downstream": {"protocol": "none"},
+    "defender": {"budget": 0.2},
+    "attacks": ["badnets", "random-backdoor"],
+    "defenses": ["noop"],
+    "seeds": [0],
+}
+
+
+def write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_protocol_none_takes_no_downstream_task_and_transfer_needs_one(tmp_path):
+    sc = load_scenario(str(write(tmp_path, DIGITS10)))
+    assert sc.downstream.protocol == "none" and not sc.downstream.transfers and sc.downstream.data is None
+    bad = json.loads(json.dumps(DIGITS10))
+    bad["downstream"]["data"] = {"source": "sklearn-digits"}
+    with pytest.raises(ConfigError, match=r"downstream\.data.*protocol 'none'.*remove this key"):
+        load_scenario(str(write(tmp_path, bad)))
+    bad["downstream"] = {"protocol": "full", "train": {"epochs": 1, "lr": 0.01}}
+    with pytest.raises(ConfigError, match=r"downstream\.data.*missing required key.*protocol: none"):
+        load_scenario(str(write(tmp_path, bad)))
+
+
+@pytest.fixture(scope="module")
+def calib_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("calib")
+    write_submission(home / "subs", "defense", "noop", NOOP)
+    registry = Registry([REPO / "submissions", home / "subs"], entry_points=False)
+    sc = load_scenario(str(write(home, DIGITS10)), registry)
+    return home, registry, sc, Run(home, registry, sc, ["noop"])
+
+
+def test_no_transfer_scores_the_backdoored_model_in_its_own_label_space(calib_env):
+    home, registry, sc, run = calib_env
+    base = next(c for c in run.cells if c["attack"]["id"] == "badnets" and c["defense"] is None)
+    assert base["status"] == "ok"
+    m = base["metrics"]
+    assert {k: v for k, v in m["transfer"]["backdoored"].items() if k != "target"} == m["upstream"]["backdoored"]
+    assert m["transfer"]["backdoored"]["target"] == sc.attack.target
+    assert m["upstream"]["backdoored"]["asr"] > 0.8 and m["upstream"]["clean"]["asr"] < 0.2
+    # the delivered model is the backdoored upstream model: no downstream stage was trained or recorded
+    assert "downstream" not in base["artifacts"] and "downstream" not in [s for s, _ in run.runner.store.computed]
+
+
+def test_the_defender_holds_untouched_upstream_samples(calib_env):
+    home, registry, sc, run = calib_env
+    r = run.runner
+    spec = PluginSpec("badnets")
+    planted = r.backdoored_upstream(spec, 0)
+    touched = r._attack(spec, planted).poison(r.data.up_train, sc.attack, r.ctx(0).generator(1)).indices
+    clean = r._defender_data(spec, planted, 0)
+    n = len(r.data.up_train)
+    assert abs(len(clean) - sc.defender.budget * n) <= r.data.up_train.num_classes
+    # every image the defender holds is an original, unpoisoned training image with its true label
+    up = r.data.up_train
+    rows = {bytes(up.images[i].flatten().tolist()): int(up.labels[i]) for i in range(n)
+            if not torch.isin(torch.tensor(i), touched)}
+    assert all(rows.get(bytes(x.flatten().tolist())) == int(y) for x, y in zip(clean.images, clean.labels))
+    assert next(c for c in run.cells if c["attack"]["id"] == "badnets" and c["defense"] is not None)[
+        "info"]["clean_budget"] == len(clean)
+
+
+@pytest.mark.parametrize("attack", ["badnets", "random-backdoor"])
+def test_a_defense_that_returns_no_model_leaves_every_score_as_it_was(calib_env, attack):
+    """Same triggered inputs with and without a defense: exactly the undefended CA/ASR/RA, and DER 0.5, also for
+    an attack that draws a fresh random trigger per input (random-backdoor)."""
+    home, registry, sc, run = calib_env
+    base = next(c for c in run.cells if c["attack"]["id"] == attack and c["defense"] is None)
+    cell = next(c for c in run.cells if c["attack"]["id"] == attack and (c["defense"] or {}).get("id") == "noop")
+    before, after = base["metrics"]["transfer"]["backdoored"], cell["metrics"]["defense"]
+    assert (after["ca"], after["asr"], after["ra"]) == (before["ca"], before["asr"], before["ra"])
+    assert after["der"] == 0.5 and after["repaired"] is False
+
+
+def test_random_backdoor_after_transfer_defended_equals_undefended(digits_env):
+    """The same with transfer (t* chosen on triggered validation images first): the test set's triggers are the
+    same draws in eval_transfer and in defend."""
+    home, registry, sc, first, second = digits_env
+    write_submission(home / "subs", "defense", "noop", NOOP)
+    reg = Registry([REPO / "submissions", home / "subs"], entry_points=False)
+    run = Run(home, reg, sc, [], seeds=(0,))
+    cells = run.runner.cell(PluginSpec("random-backdoor"), 0, [PluginSpec("noop")])
+    base = next(c for c in cells if c["defense"] is None)
+    cell = next(c for c in cells if c["defense"] is not None)
+    assert cell["status"] == "ok", cell.get("error")
+    before, after = base["metrics"]["transfer"]["backdoored"], cell["metrics"]["defense"]
+    assert (after["ca"], after["asr"], after["ra"]) == (before["ca"], before["asr"], before["ra"])
+    assert after["der"] == 0.5
+
+
+def _cell(attack, defense, seed, **m):
+    d = {"ca": 0.8, "asr": 0.95, "ra": 0.0}
+    d.update(m)
+    metrics = {"transfer": {"backdoored": d}} if defense is None else {"defense": d}
+    return {"scenario": {"name": "calib-cifar10", "version": 1}, "status": "ok", "seed": seed,
+            "attack": {"id": attack}, "defense": None if defense is None else {"id": defense}, "metrics": metrics}
+
+
+def test_calibration_table_checks_each_expectation_on_our_mean():
+    cells = [_cell("badnets", None, s, ca=0.80) for s in range(3)]
+    cells += [_cell("badnets", "finetune", s, ca=0.78, asr=0.05) for s in range(3)]       # passes
+    cells += [_cell("badnets", "anp", s, ca=0.70, asr=0.01) for s in range(3)]            # CA loss 0.10 > 0.05
+    cells += [_cell("badnets", "neural-cleanse", s, ca=0.79, asr=0.1, model_score=1.5) for s in range(3)]
+    cells += [_cell("badnets", "strip", s, ca=0.8, input_auroc=0.95) for s in range(3)]
+    rows, ref = calibration.table(cells)
+    by = {(r.attack, r.defense): r for r in rows}
+    assert by[("badnets", "none")].verdict == "pass"
+    assert by[("badnets", "finetune")].verdict == "pass"
+    assert by[("badnets", "anp")].verdict == "FAIL"
+    assert [e for e, v, ok in by[("badnets", "anp")].checks if not ok] == ["ca loss max 0.05"]
+    assert by[("badnets", "neural-cleanse")].verdict == "FAIL"  # index 1.5 < 2
+    assert by[("badnets", "strip")].verdict == "pass"
+    assert by[("badnets", "finetune")].published == {"ca": 0.8996, "asr": 0.0148}
+    assert by[("clean-upstream", "neural-cleanse")].verdict == "not run"
+    # the reference rows come first, in the reference's order
+    assert [(r.attack, r.defense) for r in rows][:2] == [("badnets", "none"), ("badnets", "finetune")]
+
+
+def test_the_reference_table_names_its_sources():
+    ref = calibration.reference()
+    assert ref["scenario"] == "calib-cifar10" and "arxiv.org/abs/2206.12654" in ref["sources"]["backdoorbench"]
+    assert load_scenario(ref["scenario"]).downstream.protocol == "none"
