@@ -239,7 +239,10 @@ def cmd_compare(args) -> int:
 def cmd_calibration(args) -> int:
     from . import calibration, results
     rows, ref = calibration.table(results.load(Path(args.results)), args.scenario)
-    calibration.print_table(rows, ref)
+    if args.markdown:
+        print(calibration.markdown(rows, ref), end="")
+    else:
+        calibration.print_table(rows, ref)
     return 1 if args.strict and any(r.verdict == "FAIL" for r in rows) else 0
 
 
@@ -382,6 +385,7 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     ca.add_argument("--scenario", help="a no-transfer scenario [the reference's: calib-cifar10]")
     ca.add_argument("--strict", action="store_true", help="exit 1 if a row misses its expectation")
+    ca.add_argument("--markdown", action="store_true", help="print a Markdown page (docs/calibration-results.md)")
     ca.set_defaults(fn=cmd_calibration)
 
     cp = sub.add_parser("compare", help="compare defenses (or attacks) of one scenario in the terminal")

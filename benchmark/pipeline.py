@@ -493,7 +493,8 @@ class Runner:
         sc = self.scenario
         res = {
             "schema": RESULT_SCHEMA,
-            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256, "recipe": sc.recipe},
+            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256, "recipe": sc.recipe,
+                         **({} if sc.downstream.transfers else {"protocol": sc.downstream.protocol})},
             **base,
             "defense": None if defense is None else {
                 "id": defense.id, "name": defense.name,

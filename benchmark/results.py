@@ -218,6 +218,11 @@ test set, same label space) reaches this; below it the lift cannot say whether a
 because there was none to survive, and the headline marks the entry instead of reading it as removal."""
 
 
+def transfers(c: dict) -> bool:
+    """Whether a cell's scenario transfers the delivered model to a downstream task (protocol none does not)."""
+    return c["scenario"].get("protocol", "full") != "none"
+
+
 def headline(cells: list[dict]) -> dict:
     """Does the backdoor survive transfer, scenario by scenario? One row per scenario (name, version), one column
     per attack; each entry holds, over the seeds of its no-defense cells: the ASR before transfer (same label
@@ -229,6 +234,7 @@ def headline(cells: list[dict]) -> dict:
     holds one CA per build and `ca_transfer` pools the builds' per-seed values (shown per build when several)."""
     def counted(c):
         return c["defense"] is None and c["status"] == "ok" and not is_control(c) and not c["attack"].get("null")
+    cells = [c for c in cells if transfers(c)]  # the calibration scenarios have no transfer to survive
     rows = []
     for (name, version), scs in by_scenario(cells).items():
         by_attack = defaultdict(list)
