@@ -258,6 +258,25 @@ def headline(cells: list[dict]) -> dict:
     return {"attacks": sorted({a for r in rows for a in r["entries"]}), "rows": rows}
 
 
+# Harness changes that altered what some committed cells would measure, without changing any plugin's code (so the
+# code hashes cannot tell): the site marks the rows whose cells finished before the fix. See CHANGELOG.md.
+HARNESS_CHANGES = [
+    {"attack": "random-backdoor", "before": "2026-12-07T14:30:00Z",
+     "why": "computed before the scoring fix of 2026-12-07: the defended scores used other random triggers than the "
+            "undefended ones (a defense that changes nothing moved ASR by up to 5 points); recompute to compare"},
+]
+
+
+def stale(rows: list[dict], registry) -> None:
+    """Mark each defense row whose cells ran an earlier version of the defense's code (`row['stale']`)."""
+    for r in rows:
+        try:
+            now = registry.code_hash("defense", r["name"])
+        except Exception:  # not a shipped or installed defense: nothing to compare with
+            now = None
+        r["stale"] = now is not None and any(code != now for code in r["codes"])
+
+
 def defense_rows(cells: list[dict]) -> list[dict]:
     """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
     by = defaultdict(list)
@@ -277,6 +296,9 @@ def defense_rows(cells: list[dict]) -> list[dict]:
                   "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr"):
             row[k] = _stats(ok, d(k))
         row["nonfinite"] = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
+        row["codes"] = sorted({c["defense"].get("code") for c in ok if c["defense"].get("code")})
+        row["affected"] = sorted({ch["why"] for c in ok for ch in HARNESS_CHANGES
+                                  if c["attack"].get("name") == ch["attack"] and c.get("finished", "") < ch["before"]})
         row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
         for k in ("ca", "asr", "ra"):
             row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])

@@ -126,6 +126,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         # the command that runs this scenario; 'changed' when only a file of the same name and version is here
         runner = {"command": exact[0] if exact else runs.get((name, version)), "changed": not exact}
         arows, drows = results.attack_rows(cs), results.defense_rows(cs)
+        results.stale(drows, registry)
         files = {}
         for c in cs:
             files.setdefault((c["attack"]["id"], (c["defense"] or {}).get("id")), []).append(c["_path"])

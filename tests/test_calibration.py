@@ -152,3 +152,23 @@ def test_the_reference_table_names_its_sources():
     ref = calibration.reference()
     assert ref["scenario"] == "calib-cifar10" and "arxiv.org/abs/2206.12654" in ref["sources"]["backdoorbench"]
     assert load_scenario(ref["scenario"]).downstream.protocol == "none"
+
+
+def _defended(name, code, finished, attack="badnets"):
+    m = {"ca": 0.8, "asr": 0.5, "ra": 0.1, "der": 0.6}
+    return {"scenario": {"name": "s", "version": 1}, "status": "ok", "seed": 0, "finished": finished,
+            "attack": {"id": attack, "name": attack}, "defense": {"id": name, "name": name, "code": code},
+            "metrics": {"defense": dict(m), "transfer": {"backdoored": dict(m)}}, "wall_time_s": {"defense": 1.0}}
+
+
+def test_rows_from_earlier_code_or_before_a_harness_fix_are_marked(registry):
+    from benchmark import results
+    now = registry.code_hash("defense", "finetune")
+    rows = results.defense_rows([_defended("finetune", now, "2026-12-08T00:00:00Z"),
+                                 _defended("anp", "0" * 64, "2026-12-08T00:00:00Z"),
+                                 _defended("strip", registry.code_hash("defense", "strip"), "2026-11-30T00:00:00Z",
+                                           attack="random-backdoor")])
+    results.stale(rows, registry)
+    by = {r["defense"]: r for r in rows}
+    assert not by["finetune"]["stale"] and by["anp"]["stale"] and not by["strip"]["stale"]
+    assert by["strip"]["affected"] and not by["finetune"]["affected"]
