@@ -153,7 +153,8 @@ def print_plan(scenarios: list[Scenario], tflops: float, console=None) -> list[E
         total_h += h or 0
         total_cells += e.cells
         t.add_row(sc.name, sc.upstream.arch, str(sc.image.size), f"{e.gflops_up:.3g}",
-                  f"{e.n['upstream train'] or '?'} / {e.n['downstream train'] or '?'}",
+                  f"{e.n['upstream train'] or '?'} / "
+                  + (f"{e.n['downstream train'] or '?'}" if e.scenario.downstream.transfers else "no transfer"),
                   f"{len(sc.attacks)} x {len(sc.seeds)}", str(len(sc.defenses)), str(e.cells),
                   "?" if e.train_pflop is None else f"{e.train_pflop + e.eval_pflop:.2f}",
                   "?" if h is None else f"{h:.2f}")
