@@ -172,3 +172,16 @@ def markdown(rows: list[Row], ref: dict) -> str:
     out += ["", "## Sources", ""] + [f"- **{k}**: {' '.join(v.split())}" for k, v in ref["sources"].items()]
     notes = [f"- {r.attack} / {r.defense}: {' '.join(r.note.split())}" for r in rows if r.note]
     return "\n".join(out + (["", "## Notes", ""] + notes if notes else [])) + "\n"
+
+
+def page(results_root="leaderboard/results") -> str:
+    """docs/calibration-results.md: the Markdown table of every calibration scenario with committed results."""
+    from pathlib import Path
+
+    from . import results
+    parts = []
+    for name in ("calib-cifar10", "calib-digits"):
+        folder = sorted(Path(results_root).glob(f"{name}-v*"))
+        if folder:
+            parts.append(markdown(*table(results.load(folder[-1]), name)))
+    return "\n".join(parts)

@@ -238,6 +238,9 @@ def cmd_compare(args) -> int:
 
 def cmd_calibration(args) -> int:
     from . import calibration, results
+    if args.markdown and not args.scenario:  # docs/calibration-results.md: every calibration scenario
+        print(calibration.page(Path(args.results)), end="")
+        return 0
     rows, ref = calibration.table(results.load(Path(args.results)), args.scenario)
     if args.markdown:
         print(calibration.markdown(rows, ref), end="")

@@ -193,3 +193,10 @@ def test_calibrated_behaviour_on_digits(tmp_path):
     assert nc["target_guess"] == sc.attack.target and norms[sc.attack.target] < 0.2 * norms.median()
     anp = run.cell("anp")
     assert anp["info"]["pruned_neurons"] > 0 and anp["metrics"]["defense"]["asr"] < base["asr"]
+
+
+def test_the_calibration_results_page_is_generated_from_the_committed_results():
+    """docs/calibration-results.md is `bdbench calibration --markdown` of the committed results, never typed."""
+    page = (REPO / "docs" / "calibration-results.md").read_text()
+    assert page == calibration.page(REPO / "leaderboard" / "results"), \
+        "regenerate it: bdbench calibration --markdown > docs/calibration-results.md"
