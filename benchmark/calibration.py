@@ -75,6 +75,7 @@ def table(cells: list[dict], scenario: str | None = None) -> tuple[list[Row], di
     """Our rows (every attack x defense found, the reference rows first) for the newest version of `scenario`
     (default: the reference's scenario) in `cells`, and the reference."""
     ref = reference()
+    ref["published_for"] = ref["scenario"]  # the setting the published figures were measured in
     name = ref["scenario"] = scenario or ref["scenario"]
     mine = [c for c in cells if c["scenario"]["name"] == name and c["status"] == "ok"]
     if not mine:
@@ -174,13 +175,26 @@ def markdown(rows: list[Row], ref: dict) -> str:
     return "\n".join(out + (["", "## Notes", ""] + notes if notes else [])) + "\n"
 
 
+SCENARIOS = ("calib-cifar10", "calib-digits")  # the calibration scenarios the site and the docs page show
+
+
+def tables(cells: list[dict]) -> list[dict]:
+    """{"rows", "ref"} for every calibration scenario with results in `cells` (the site's calibration section)."""
+    out = []
+    for name in SCENARIOS:
+        rows, ref = table(cells, name)
+        if rows:
+            out.append({"rows": rows, "ref": ref})
+    return out
+
+
 def page(results_root="leaderboard/results") -> str:
     """docs/calibration-results.md: the Markdown table of every calibration scenario with committed results."""
     from pathlib import Path
 
     from . import results
     parts = []
-    for name in ("calib-cifar10", "calib-digits"):
+    for name in SCENARIOS:
         folder = sorted(Path(results_root).glob(f"{name}-v*"))
         if folder:
             parts.append(markdown(*table(results.load(folder[-1]), name)))

@@ -201,7 +201,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
             root="../", sub=subs[-1], scenarios=per_scenario, params=sorted((m.parameters if m else {}).items())))
     (out / "index.html").write_text(env.get_template("index.html.j2").render(
         root="", scenarios=scenarios, subs=subs, n_cells=len(cells), headline=results.headline(cells),
-        calibration=dict(zip(("rows", "ref"), calibration.table(cells))),
+        calibrations=calibration.tables(cells),
         implanted_asr=results.IMPLANTED_ASR))
     (out / ".nojekyll").write_text("")
     (out / MARKER).write_text("built by `bdbench leaderboard build`; a rebuild empties this folder\n")
