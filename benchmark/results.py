@@ -267,6 +267,12 @@ HARNESS_CHANGES = [
 ]
 
 
+def superseded(c: dict) -> list[str]:
+    """Why a cell's scores predate a harness fix (HARNESS_CHANGES), if they do."""
+    return [ch["why"] for ch in HARNESS_CHANGES
+            if c["attack"].get("name") == ch["attack"] and c.get("finished", "") < ch["before"]]
+
+
 def stale(rows: list[dict], registry) -> None:
     """Mark each defense row whose cells ran an earlier version of the defense's code (`row['stale']`)."""
     for r in rows:
@@ -297,8 +303,7 @@ def defense_rows(cells: list[dict]) -> list[dict]:
             row[k] = _stats(ok, d(k))
         row["nonfinite"] = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
         row["codes"] = sorted({c["defense"].get("code") for c in ok if c["defense"].get("code")})
-        row["affected"] = sorted({ch["why"] for c in ok for ch in HARNESS_CHANGES
-                                  if c["attack"].get("name") == ch["attack"] and c.get("finished", "") < ch["before"]})
+        row["affected"] = sorted({why for c in ok for why in superseded(c)})
         row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
         for k in ("ca", "asr", "ra"):
             row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])

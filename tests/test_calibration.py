@@ -212,3 +212,16 @@ def test_the_site_shows_the_calibration_table(calib_env, tmp_path):
     section = section[:section.index("</section>")]
     assert "published figures are those of the setting calib-cifar10" in section
     assert "<td class=\"l\">badnets</td><td class=\"l\">none</td>" in section and "0.950" in section
+
+
+def test_a_grid_redoes_cells_scored_before_a_harness_fix(tmp_path):
+    """grid._ok: a random-backdoor defense cell finished before the scoring fix is not finished."""
+    from benchmark import grid
+    sc = load_scenario(str(write(tmp_path, DIGITS10)))
+    cell = {"status": "ok", "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256,
+                                         "recipe": sc.recipe},
+            "attack": {"id": "random-backdoor", "name": "random-backdoor"}, "defense": {"id": "x", "name": "x"}}
+    for finished, ok in (("2026-12-01T00:00:00Z", False), ("2026-12-08T00:00:00Z", True)):
+        p = tmp_path / f"{finished[:10]}.json"
+        p.write_text(json.dumps({**cell, "finished": finished}))
+        assert grid._ok(p, sc) is ok
