@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from . import architectures  # noqa: F401  (registers networks timm does not ship, e.g. preact_resnet18)
 from .errors import CheckpointError, DivergedError
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 
 from .config import ADDED, Invalid, check_name, parse, read_yaml, to_dict
-from .errors import BenchError, ConfigError
+from .errors import BenchError
 
 SHIPPED = resources.files("benchmark") / "scenarios"
 
@@ -106,12 +106,16 @@ class Upstream:
 
     def check(self):
         import timm
+
+        from . import architectures  # noqa: F401  (the networks this project registers with timm)
         if self.pretrained is not None:
             if self.pretrained.split(".")[0] != self.arch:
-                raise Invalid("pretrained", f"{self.pretrained!r} is not a tag of arch {self.arch!r} (expected {self.arch}.TAG)")
+                raise Invalid("pretrained",
+                              f"{self.pretrained!r} is not a tag of arch {self.arch!r} (expected {self.arch}.TAG)")
             tags = timm.list_pretrained(f"{self.arch}.*")
             if self.pretrained not in tags:
-                raise Invalid("pretrained", f"timm has no pretrained weights {self.pretrained!r}; it has {tags or 'none'}")
+                raise Invalid("pretrained",
+                              f"timm has no pretrained weights {self.pretrained!r}; it has {tags or 'none'}")
         if not timm.is_model(self.arch):
             close = timm.list_models(f"*{self.arch.split('_')[0]}*")[:8]
             raise Invalid("arch", f"unknown timm model {self.arch!r}"
@@ -182,7 +186,8 @@ class Defender:
             raise Invalid("budget", "must lie in (0, 1]")
         if self.time_limit_s <= 0 or self.memory_gb < 4:
             raise Invalid("memory_gb" if self.memory_gb < 4 else "time_limit_s",
-                          "time_limit_s must be > 0 and memory_gb >= 4 (torch itself needs about 3 GiB of address space)")
+                          "time_limit_s must be > 0 and memory_gb >= 4 "
+                          "(torch itself needs about 3 GiB of address space)")
 
 
 @dataclass
@@ -229,7 +234,8 @@ class Scenario:
             raise Invalid("seeds", "needs at least one seed")
         for key, seeds in (("seeds", self.seeds), ("clean_seeds", self.clean_seeds or [])):
             if len(set(seeds)) != len(seeds):
-                raise Invalid(key, f"repeats a seed ({seeds}); a repeated seed would be counted twice in every interval")
+                raise Invalid(key, f"repeats a seed ({seeds}); "
+                                   "a repeated seed would be counted twice in every interval")
         for key, specs in (("attacks", self.attacks), ("defenses", self.defenses)):
             for i, spec in enumerate(specs):
                 check_name(f"{key}[{i}]", spec.id)

@@ -116,3 +116,26 @@ def test_artifact_tensors_round_trip_and_are_verified(tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match="sha256"):
         store.get("backdoor", {"k": 1}).tensors("attack")
+
+
+def test_preact_resnet18_is_a_timm_model_with_backdoorbenchs_shape(tmp_path):
+    """preact_resnet18 (benchmark/architectures): built by timm.create_model by name, the parameter count of
+    BackdoorBench's CIFAR PreAct-ResNet18 (11,171,146 at 10 classes), a 3x3 stride-1 stem (a 32 px input keeps a
+    4x4 map at the last stage), and the harness's protocols and checkpoints work on it."""
+    import timm
+    net = timm.create_model("preact_resnet18", num_classes=10, in_chans=3)
+    assert sum(p.numel() for p in net.parameters()) == 11_171_146
+    assert net.forward_features(torch.rand(2, 3, 32, 32)).shape == (2, 512, 4, 4)
+    m = models.Classifier("preact_resnet18", 10, 3)
+    assert m.mean.flatten().tolist() == pytest.approx([0.4914, 0.4822, 0.4465])
+    assert len(models.blocks(m)) == 9  # the stem and eight blocks
+    models.set_protocol(m, "last_blocks", 1)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("net.layer4.1.", "net.fc.")) for n in trainable)
+    models.save(m.reset_head(4), tmp_path / "m.safetensors")
+    back = models.load(tmp_path / "m.safetensors")
+    x = torch.rand(3, 3, 32, 32)
+    m.eval(), back.eval()
+    assert torch.equal(m(x), back(x)) and back(x).shape == (3, 4)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("preact_resnet18", pretrained=True)
