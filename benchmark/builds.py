@@ -10,7 +10,8 @@ therefore know the build of each cell. Evidence, strongest first:
 - the build event: the upstream stage's wall time (`wall_time_s.upstream`), which the store keeps with the stage
   and every cell that reused it copies, so cells sharing it share the model. An event takes the sha its cells
   name; else its clean upstream CA decides: the build of the one sha reporting that CA on the same hardware (any
-  hardware the event's cells ran on), or else the sha-less builds of that CA on that hardware (an equal accuracy on thousands of test images: the same
+  hardware the event's cells ran on), or else the sha-less builds of that CA on that hardware (an equal accuracy
+  on thousands of test images: the same
   recipe rebuilt deterministically on the same kind of machine). An event whose cells name two shas or two CAs
   proves nothing (two builds that happened to take the same seconds): its cells are placed as if it were absent;
 - neither (files older than both): the cell's own clean upstream CA, as for an event; else (a control or failed

@@ -189,16 +189,20 @@ def cmd_publish(args) -> int:
     trigger = art.folder / art.meta["tensors"]["attack"]["file"] if art.meta.get("tensors", {}).get("attack") else None
     bd = {"stage": args.stage, "scenario": {"name": sc.name, "version": sc.version}, "seed": args.seed,
           "attack": None if attack_ref is None else {"name": attack_ref.name, "params": attack_ref.params,
-                                                     "target": attack_ref.target, "poison_rate": attack_ref.poison_rate},
+                                                     "target": attack_ref.target,
+                                                     "poison_rate": attack_ref.poison_rate},
           "scores": scores, "artifact": art.key, "licence": args.licence}
     hub.write_folder(folder, art.folder / "model.safetensors", art.meta["model"]["config"], bd, trigger)
     token = os.environ.get("HF_TOKEN")
     revision = hub.upload(folder, args.repo, token) if token and not args.dry_run else None
     entry = Checkpoint(
-        name=args.name or f"{sc.name}-v{sc.version}-{args.stage if attack_ref is None else args.attack}-seed{args.seed}",
-        repo=args.repo, revision=revision or "0" * 40, model=FileRef("model.safetensors", hub.file_sha256(folder / "model.safetensors")),
+        name=args.name or (f"{sc.name}-v{sc.version}-{args.stage if attack_ref is None else args.attack}"
+                           f"-seed{args.seed}"),
+        repo=args.repo, revision=revision or "0" * 40,
+        model=FileRef("model.safetensors", hub.file_sha256(folder / "model.safetensors")),
         config=art.meta["model"]["config"], scenario=ScenarioRef(sc.name, sc.version), stage=args.stage, seed=args.seed,
-        attack=attack_ref, trigger=FileRef("trigger.safetensors", hub.file_sha256(folder / "trigger.safetensors")) if trigger else None,
+        attack=attack_ref,
+        trigger=FileRef("trigger.safetensors", hub.file_sha256(folder / "trigger.safetensors")) if trigger else None,
         scores=scores, licence=args.licence)
     print(f"wrote {folder}/ (model.safetensors, config.json, README.md{', trigger.safetensors' if trigger else ''})")
     if revision:
@@ -307,7 +311,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--defense", nargs="*", metavar="NAME", help="run only these defenses (none: no defense)")
     r.add_argument("--seeds", nargs="+", type=int, help="override the scenario's seeds")
     r.add_argument("--device", default="auto", help="auto (CUDA with AMP if present, else CPU), cpu, cuda, cuda:1")
-    r.add_argument("--workdir", default=str(_home()), help="artifact store and data cache [$BDBENCH_HOME or ~/.cache/bdbench]")
+    r.add_argument("--workdir", default=str(_home()),
+                   help="artifact store and data cache [$BDBENCH_HOME or ~/.cache/bdbench]")
     r.add_argument("--results", default="bdbench-results", help="where result files go [./bdbench-results]")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
@@ -379,7 +384,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("out", help="output folder: new, empty, or an earlier site (emptied first)")
     b.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     b.set_defaults(fn=cmd_leaderboard)
-    hl = lbs.add_parser("headline", parents=[common_sub], help="print the cross-scenario transfer table in the terminal")
+    hl = lbs.add_parser("headline", parents=[common_sub],
+                        help="print the cross-scenario transfer table in the terminal")
     hl.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     hl.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching")
     hl.set_defaults(fn=cmd_headline)

@@ -14,8 +14,8 @@ from .site import fmt
 DEFENSE_COLS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
                 ("sample AUROC", "sample_auroc")]
 VERDICT = {True: "overlaps", False: "distinct", None: "one seed"}
-ATTACK_COLS = [("CA", "ca"), ("ASR before", "asr_upstream"), ("ASR after", "asr_transfer"), ("baseline", "asr_baseline"),
-               ("best AUROC", "best_auroc")]
+ATTACK_COLS = [("CA", "ca"), ("ASR before", "asr_upstream"), ("ASR after", "asr_transfer"),
+               ("baseline", "asr_baseline"), ("best AUROC", "best_auroc")]
 
 
 def compare(results_dir: Path, scenario: str, names: list[str], version: int | None = None,

@@ -152,7 +152,8 @@ def _hf(spec: DataSpec, image: ImageSpec, base_dir: Path):
                              f"set train_split/test_split in the scenario")
         out.append(_decode_split(dd[split_name], spec, image, f"{where}:{split_name}"))
     feat = dd[spec.train_split].features.get(spec.label_column)
-    names = list(getattr(feat, "names", None) or [str(i) for i in range(int(max(out[0][1].max(), out[1][1].max())) + 1)])
+    names = list(getattr(feat, "names", None)
+                 or [str(i) for i in range(int(max(out[0][1].max(), out[1][1].max())) + 1)])
     return out[0], out[1], names
 
 

@@ -13,7 +13,8 @@
 
 Each combination is a scenario of its own, named `<scenario>-<label>...`, versioned with its base file
 (or its `adjust`) and hashed over the base file and its overrides; an `adjust` entry joins the hash of the
-scenarios with its label only, so adding one leaves every other scenario's hash, and so its results, as they were. A grid runs as tasks: the clean upstream of every
+scenarios with its label only, so adding one leaves every other scenario's hash, and so its results, as they were.
+A grid runs as tasks: the clean upstream of every
 scenario first (so parallel workers never train it twice), then one task per (scenario, attack, seed)
 with all its defenses, then the clean-upstream controls. Finished work is never redone: a task whose
 result files all exist (status ok, same scenario: see same_scenario) is skipped without loading anything,
@@ -145,7 +146,8 @@ def load_grid(path: str | Path, registry=None) -> tuple[GridFile, list[Scenario]
                 out.append(from_dict(d, base_path, sha, registry))
             except ConfigError as e:
                 raise BenchError(f"{path}: scenario {d.get('name')} (from {base_path} with "
-                                 f"{', '.join(f'{k}={label}' for k, label, _ in combo) or 'no overrides'}): {e}") from None
+                                 f"{', '.join(f'{k}={label}' for k, label, _ in combo) or 'no overrides'}): "
+                                 f"{e}") from None
     labels = {label for axis in axes for _, label, _ in axis}
     for key in grid.adjust:
         if key in labels and key in bases:
@@ -256,7 +258,8 @@ def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[
     if task.kind == "cell":
         cls = registry.plugin_class("attack", next(a for a in sc.attacks if a.id == task.attack).name)
         wanted = [None] + (scoring() if not cls.plants_backdoor else [
-            d.id for d in sc.defenses if cls.poisons_data or registry.plugin_class("defense", d.name).position != "data"])
+            d.id for d in sc.defenses
+            if cls.poisons_data or registry.plugin_class("defense", d.name).position != "data"])
         return [(d, cell_path(results, sc, task.attack, d, task.seed)) for d in wanted]
     if task.kind == "controls":
         return [(d, cell_path(results, sc, "clean-upstream", d, task.seed)) for d in scoring()]
@@ -283,7 +286,8 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
     grid, scenarios = load_grid(grid_path, registry)
     only = {k: v for k, v in (only or {}).items() if v is not None}
     scenarios = [select(s, only.get("attacks"), only.get("defenses"), only.get("seeds"), only.get("clean_seeds"))
-                 for s in scenarios if "scenarios" not in only or any(fnmatch.fnmatch(s.name, p) for p in only["scenarios"])]
+                 for s in scenarios
+                 if "scenarios" not in only or any(fnmatch.fnmatch(s.name, p) for p in only["scenarios"])]
     if not scenarios:
         raise BenchError(f"{grid_path}: no scenario matches {only.get('scenarios')}")
     from .plan import preflight
@@ -292,7 +296,8 @@ def run(grid_path: Path, *, home: Path, results: Path, registry, executor: str =
     by_name = {s.name: s for s in scenarios}
     phases = plan_tasks(scenarios, registry)
     total = sum(len(p) for p in phases)
-    base = {"grid": str(Path(grid_path).resolve() if Path(grid_path).exists() else grid_path), "only": only, "roots": [str(r) for r in registry.roots], "home": str(home),
+    base = {"grid": str(Path(grid_path).resolve() if Path(grid_path).exists() else grid_path), "only": only,
+            "roots": [str(r) for r in registry.roots], "home": str(home),
             "results": str(results), "device": device, "isolate": isolate, "threads": threads}
     counts = {"tasks": total, "skipped": 0, "ran": 0, "failed_tasks": 0, "failed_cells": 0, "computed": 0}
     errors = []

@@ -163,7 +163,8 @@ def _child(job: dict) -> None:
         if out.model is not None:
             models.save(out.model.cpu(), Path("repaired.safetensors"))
         extra = {k: torch.as_tensor(v).detach().flatten().float().cpu().contiguous()
-                 for k, v in (("sample_scores", out.sample_scores), ("sample_flags", out.sample_flags)) if v is not None}
+                 for k, v in (("sample_scores", out.sample_scores), ("sample_flags", out.sample_flags))
+                 if v is not None}
         if extra:
             save_file(extra, "samples.safetensors")
         if out.input_scorer is not None and job["has_eval"]:
@@ -237,7 +238,8 @@ def _own_file(folder: Path, name: str, limit: Optional[int] = None, most: Option
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise DefenseFailure(f"the defense left '{name}' as something other than a regular file ({e.strerror})") from None
+        raise DefenseFailure(f"the defense left '{name}' as something other than a regular file "
+                             f"({e.strerror})") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):

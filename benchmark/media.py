@@ -36,7 +36,8 @@ def gradcam(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     stages = [f["module"] for f in getattr(model.net, "feature_info", [])] or []
     modules = dict(model.net.named_modules())
     acts = {}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in stages if n in modules]
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o))
+             for n in stages if n in modules]
     try:
         logits = model(x)
     finally:

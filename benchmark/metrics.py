@@ -50,7 +50,8 @@ def _prepared(labels, scores):
     if labels.shape != scores.shape:
         raise ValueError("labels and scores differ in length")
     if labels.all() or not labels.any():
-        raise ValueError(f"needs both classes; got {int(labels.sum())} positive and {int((~labels).sum())} negative samples")
+        raise ValueError(f"needs both classes; got {int(labels.sum())} positive and "
+                         f"{int((~labels).sum())} negative samples")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
     return labels, scores

@@ -27,7 +27,8 @@ def scatter(points: list[tuple[float, float, str, str]], xlabel: str, ylabel: st
     if diagonal:
         out.append(f'<line x1="{X(0)}" y1="{Y(0)}" x2="{X(1)}" y2="{Y(1)}" stroke="#ccc" stroke-dasharray="4 3"/>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
+    out.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
+               f'{escape(ylabel)}</text>')
     for x, y, label, s in sorted(points, key=lambda p: (p[3], p[2], p[0], p[1])):
         x, y = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
         out.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="4.5" fill="{colour[s]}" fill-opacity="0.8">'

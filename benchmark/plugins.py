@@ -85,7 +85,8 @@ class Attack(Plugin):
     `info` (JSON) is recorded in every result of the attack (e.g. the trigger's norms)."""
 
     poisons_data = True  # False for an attack that controls training: there is no poisoned set to inspect
-    plants_backdoor = True  # False for a control (the `no-poison` attack): its models are negatives in model-level detection
+    # False for a control (the `no-poison` attack): its models are negatives in model-level detection
+    plants_backdoor = True
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -114,7 +115,8 @@ class Attack(Plugin):
         candidates = torch.nonzero(goal != data.labels).flatten()
         n = int(round(budget.poison_rate * len(data)))
         if n > len(candidates):
-            raise ValueError(f"poison rate {budget.poison_rate} asks for {n} samples; only {len(candidates)} can be relabelled")
+            raise ValueError(f"poison rate {budget.poison_rate} asks for {n} samples; "
+                             f"only {len(candidates)} can be relabelled")
         idx = torch.sort(candidates[torch.randperm(len(candidates), generator=generator)[:n]]).values
         return Poisoning(idx, self.apply_uint8(data.images[idx]), goal[idx])
 

@@ -19,7 +19,8 @@ NOT_CODE = ("leaderboard/results/*", "*.md")
 def code_changes(changed: list[str]) -> list[str]:
     """The changed files that are code, scenarios or manifests, in the order given."""
     return [p for p in changed if not any(fnmatch.fnmatchcase(p, g) for g in NOT_CODE)]
-PACKAGES = ("bdbench", "torch", "torchvision", "timm", "datasets", "huggingface-hub", "safetensors", "numpy", "scikit-learn")
+PACKAGES = ("bdbench", "torch", "torchvision", "timm", "datasets", "huggingface-hub", "safetensors", "numpy",
+            "scikit-learn")
 
 
 @lru_cache(maxsize=1)

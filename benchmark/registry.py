@@ -99,7 +99,8 @@ class Registry:
     def _add(self, m: Manifest, expect_kind: str | None = None, cls: type | None = None):
         where = Path(m.folder, "submission.yaml")
         if expect_kind and m.kind != expect_kind:
-            raise ConfigError(where, "kind", f"is {m.kind!r} but the folder is under {expect_kind}s/; move it or fix the kind")
+            raise ConfigError(where, "kind",
+                              f"is {m.kind!r} but the folder is under {expect_kind}s/; move it or fix the kind")
         other = self._manifests[m.kind].get(m.name)
         if other is not None and other.folder != m.folder:
             raise BenchError(f"two {m.kind}s are named '{m.name}': {other.folder} and {m.folder}; rename one")

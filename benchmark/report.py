@@ -51,7 +51,8 @@ def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, s
                 for k, v in c["metrics"]["defense"].items():
                     vals[k].append(v)
             failed = [c for c in dc if c["status"] != "ok"]
-            note = f"{len(failed)} failed: {failed[0]['error']['type']}: {failed[0]['error']['message'][:80]}" if failed else ""
+            note = (f"{len(failed)} failed: {failed[0]['error']['type']}: {failed[0]['error']['message'][:80]}"
+                    if failed else "")
             flagged = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
             if flagged:
                 note = "; ".join(x for x in (note, f"NaN/inf scores in {flagged} cell(s), counted 0.5") if x)
@@ -78,12 +79,13 @@ def print_table(cells: list[dict], title: str, console: Console | None = None) -
         console.print(t)
     det = model_detection_rows(cells)
     if det:
-        t = Table(title=f"{title} · model-level detection (backdoored- vs clean-upstream transfers)", title_justify="left")
+        t = Table(title=f"{title} · model-level detection (backdoored- vs clean-upstream transfers)",
+                  title_justify="left")
         for col in ("defense", "AUROC", "AUPR", "TPR@5%FPR", "backdoored", "negatives", "AUROC by negative", "missing"):
             t.add_column(col, justify="left" if col == "defense" else "right")
         for r in det:  # with several builds of the clean upstream, one row per build: scores compare within one
-            t.add_row(r["defense"] + (f" ({r['build']})" if r["build"] else ""), f"{r['auroc']:.3f}", f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}",
-                      str(r["n_backdoored"]), str(r["n_clean"]),
+            t.add_row(r["defense"] + (f" ({r['build']})" if r["build"] else ""), f"{r['auroc']:.3f}",
+                      f"{r['aupr']:.3f}", f"{r['tpr_at_5fpr']:.3f}", str(r["n_backdoored"]), str(r["n_clean"]),
                       ", ".join(f"{k} {v:.3f}" for k, v in r["by_negative"].items()),
                       str(r["missing"]) + (" (count 0.5)" if r["missing"] else ""))
         console.print(t)
@@ -127,18 +129,20 @@ def print_headline(cells: list[dict], console: Console | None = None) -> None:
         build_of = {a: " [" + ",".join(str(i + 1) for i, b in enumerate(builds) if a in b["attacks"]) + "]"
                     for a in r["entries"]} if len(builds) > 1 else {}  # an attack resumed on other hardware: both
         if build_of:
-            notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: " + "; ".join(
-                f"[{i + 1}] {build_name(b)}" for i, b in enumerate(builds)))
+            notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: "
+                         + "; ".join(f"[{i + 1}] {build_name(b)}" for i, b in enumerate(builds)))
         for i, (a, e) in enumerate(sorted(r["entries"].items())):
             first = i == 0
             t.add_row(r["key"] if first else "", " / ".join(fmt([b["ca_upstream"]]) for b in builds) if first else "",
-                      " / ".join(fmt(b["ca_transfer"].values) for b in builds) if first else "", escape(a + build_of.get(a, "")),
+                      " / ".join(fmt(b["ca_transfer"].values) for b in builds) if first else "",
+                      escape(a + build_of.get(a, "")),
                       *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline")],
                       fmt(e["lift"].values) if e["implanted"] else f"({fmt(e['lift'].values)}) not implanted",
                       str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
     console.print(t)
     for n in notes:
         console.print(escape(n + " (the same recipe built again gives another model; [n] after an attack: the "
-                             "builds its cells used; each cell's lift is paired with its own build's clean baseline)"), style="dim")
+                             "builds its cells used; each cell's lift is paired with its own build's clean baseline)"),
+                      style="dim")
     console.print(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
                   "planted its backdoor upstream and the lift says nothing about surviving transfer.", style="dim")

@@ -150,7 +150,8 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
     clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
     descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
     build that has both positives and negatives; `build` names it whenever the cells with a defense span several
-    builds (else None; builds are told over all the cells). Cells of a build that gives no row: `model_detection_left_out`."""
+    builds (else None; builds are told over all the cells). Cells of a build that gives no row:
+    `model_detection_left_out`."""
     rows, groups = [], _detection_groups(cells)
     for (d, build), (pos, neg) in sorted(groups.items()):
         negs = neg["clean-upstream"] + neg["null-injection"]
@@ -304,9 +305,11 @@ def defense_rows(cells: list[dict]) -> list[dict]:
         row["nonfinite"] = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
         row["codes"] = sorted({c["defense"].get("code") for c in ok if c["defense"].get("code")})
         row["affected"] = sorted({why for c in ok for why in superseded(c)})
-        row["position"] = "data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok) else "model"
+        row["position"] = ("data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok)
+                           else "model")
         for k in ("ca", "asr", "ra"):
-            row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k] - r["metrics"]["transfer"]["backdoored"][k])
+            row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k]
+                                   - r["metrics"]["transfer"]["backdoored"][k])
             row[f"before_{k}"] = _stats(ok, b(k))
         rows.append(row)
     return rows
@@ -323,7 +326,8 @@ def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
 # where a result file gives the clean accuracy of each stage's model: a function of its weights alone (an ASR
 # also depends on the cell's attack)
 STAGE_CA = {"upstream": ("upstream", "clean"), "backdoor": ("upstream", "backdoored"),
-            "downstream_clean": ("transfer", "clean"), "downstream": ("transfer", "backdoored"), "defense": ("defense",)}
+            "downstream_clean": ("transfer", "clean"), "downstream": ("transfer", "backdoored"),
+            "defense": ("defense",)}
 
 
 def retrained(cells: list[dict]) -> dict[str, int]:

@@ -106,7 +106,8 @@ def _clear(out: Path, results_dir: Path) -> None:
 
 
 def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dict:
-    """Write the site into `out` (a new or empty folder, or an earlier site, which is emptied first). Returns counts for the caller to report."""
+    """Write the site into `out` (a new or empty folder, or an earlier site, which is emptied first). Returns counts
+    for the caller to report."""
     results_dir, out = Path(results_dir), Path(out)
     cells = results.load(results_dir)
     if not cells:
@@ -169,7 +170,8 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
 
     # one page per submission that has results or a manifest
     subs = []
-    names = {("attack", c["attack"]["name"]) for c in cells if not c.get("control")} | {("defense", c["defense"]["name"]) for c in cells if c["defense"]}
+    names = ({("attack", c["attack"]["name"]) for c in cells if not c.get("control")}
+             | {("defense", c["defense"]["name"]) for c in cells if c["defense"]})
     names |= {(k, n) for k in ("attack", "defense") for n in registry.names(k)}
     for kind, n in sorted(names):
         try:
@@ -193,9 +195,11 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
             per_scenario.append({"key": key, "media": media,
                                  "attacks": [r for r in results.attack_rows(allc) if kind == "attack" and
                                              any(c["attack"]["id"] == r["attack"] for c in cs)],
-                                 "defenses": [r for r in results.defense_rows(allc) if kind == "defense" and r["name"] == n]})
+                                 "defenses": [r for r in results.defense_rows(allc)
+                                              if kind == "defense" and r["name"] == n]})
         page = f"submissions/{kind}-{slug(n)}.html"
-        subs.append({"kind": kind, "name": n, "page": page, "manifest": m, "paper_url": paper_url(m.paper) if m else None})
+        subs.append({"kind": kind, "name": n, "page": page, "manifest": m,
+                     "paper_url": paper_url(m.paper) if m else None})
         (out / "submissions").mkdir(exist_ok=True)
         (out / page).write_text(env.get_template("submission.html.j2").render(
             root="../", sub=subs[-1], scenarios=per_scenario, params=sorted((m.parameters if m else {}).items())))

@@ -70,7 +70,8 @@ class Artifact:
 
 def _named(spec: dict) -> str:
     """What a stage spec trains, in words: its plugin names and seed."""
-    parts = [f"{k} '{spec[k]['name']}'" for k in ("attack", "defense") if isinstance(spec.get(k), dict) and "name" in spec[k]]
+    parts = [f"{k} '{spec[k]['name']}'" for k in ("attack", "defense")
+             if isinstance(spec.get(k), dict) and "name" in spec[k]]
     return ", ".join(parts + ([f"seed {spec['seed']}"] if "seed" in spec else [])) or "clean"
 
 

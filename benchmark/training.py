@@ -140,7 +140,8 @@ def _forward(model, data, device, transform, batch_size):
     if not bool(finite):
         what = "the inputs after the transform (e.g. a trigger)" if transform is not None else "the inputs"
         raise DivergedError(f"the model's outputs are NaN or inf on some of {what}: the model, or the trigger that "
-                            f"made the inputs, came from a training run that diverged, so no metric would mean anything")
+                            f"made the inputs, came from a training run that diverged, so no metric would "
+                            "mean anything")
 
 
 @torch.inference_mode()

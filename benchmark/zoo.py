@@ -107,12 +107,14 @@ class Zoo:
             if stage == "upstream":
                 return c
             if (c.seed == seed and c.attack.name == attack_name and c.attack.params == attack_params
-                    and c.attack.target == scenario.attack.target and c.attack.poison_rate == scenario.attack.poison_rate):
+                    and c.attack.target == scenario.attack.target
+                    and c.attack.poison_rate == scenario.attack.poison_rate):
                 return c
         return None
 
     def for_scenario(self, scenario) -> list[Checkpoint]:
-        return [c for c in self.entries.values() if (c.scenario.name, c.scenario.version) == (scenario.name, scenario.version)]
+        return [c for c in self.entries.values()
+                if (c.scenario.name, c.scenario.version) == (scenario.name, scenario.version)]
 
 
 def entry_yaml(c: Checkpoint) -> str:

@@ -28,7 +28,8 @@ def _sync(d: torch.device) -> None:
 def main(device: str = "auto", n: int = 2048, arch: str = "resnet50", size: int = 224) -> None:
     d = dev.pick(device)
     g = gflops(arch, size, 3, 5)
-    data = ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.randint(0, 5, (n,)), list("abcde"))
+    data = ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.randint(0, 5, (n,)),
+                    list("abcde"))
     warm = ImageSet(data.images[:256], data.labels[:256], data.classes)
     for bs in (32, 128):
         model = Classifier(arch, 5, 3)

@@ -53,7 +53,8 @@ def random_images(n=40, c=3, size=32, classes=4, seed=0) -> ImageSet:
     return ImageSet(x, y, [f"c{i}" for i in range(classes)])
 
 
-def write_submission(root: Path, kind: str, name: str, code: str, params: dict | None = None, manifest: str | None = None):
+def write_submission(root: Path, kind: str, name: str, code: str, params: dict | None = None,
+                     manifest: str | None = None):
     folder = root / f"{kind}s" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plugin.py").write_text(textwrap.dedent(code))

@@ -69,7 +69,8 @@ offline = true
     if olah is None:
         raise RuntimeError("olah-cli not found: pip install olah (it is in the test extra)")
     log = open(workdir / "olah.log", "wb")
-    proc = subprocess.Popen([olah, "-c", str(workdir / "config.toml")], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([olah, "-c", str(workdir / "config.toml")], cwd=workdir, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:

@@ -59,7 +59,8 @@ def test_sig_is_clean_label(registry):
     data = random_images(n=200, classes=4)  # 50 images per class
     a = registry.create("attack", "sig")
     p = a.poison(data, budget(0.1, target=1), torch.Generator().manual_seed(0))
-    assert len(p.indices) == 20 and torch.all(data.labels[p.indices] == 1) and torch.equal(p.labels, data.labels[p.indices])
+    assert (len(p.indices) == 20 and torch.all(data.labels[p.indices] == 1)
+            and torch.equal(p.labels, data.labels[p.indices]))
     assert a.info["effective_poison_rate"] == 0.1
     p = registry.create("attack", "sig", {"target_share": 0.8}).poison(data, budget(0.1, 1), torch.Generator())
     assert len(p.indices) == 40

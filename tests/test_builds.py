@@ -87,7 +87,8 @@ def test_detection_names_the_build_of_its_row_and_what_it_left_out():
     (r,) = model_detection_rows(cells)
     assert r["build"] == "upstream aaaaaaaa" and r["auroc"] == 1.0 and r["n_clean"] == 1
     assert model_detection_left_out(cells) == [
-        {"defense": "linf", "build": "upstream bbbbbbbb", "backdoored": 0, "negatives": 2, "why": "no backdoored transfers"}]
+        {"defense": "linf", "build": "upstream bbbbbbbb", "backdoored": 0, "negatives": 2,
+         "why": "no backdoored transfers"}]
     assert "has no backdoored transfers" in left_out_note(model_detection_left_out(cells)[0])
     # one build: no name, nothing left out
     assert model_detection_rows(cells[:2])[0]["build"] is None and model_detection_left_out(cells[:2]) == []

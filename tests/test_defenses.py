@@ -98,7 +98,8 @@ def test_linf_pruning_at_a_batch_norm_layer(registry):
     assert torch.all(bn.weight[pruned] == 0) and torch.all(bn.bias[pruned] == 0)
     assert torch.all(out.model.feature_mask == 1)
     with pytest.raises(ValueError, match="not a BatchNorm2d"):
-        registry.create("defense", "linf-pruning", {"layer": "net.nope"}).run(tiny(), clean, Context(torch.device("cpu"), 0, False))
+        registry.create("defense", "linf-pruning", {"layer": "net.nope"}).run(
+            tiny(), clean, Context(torch.device("cpu"), 0, False))
 
 
 def test_linf_pruning_auto_layer_scores_maps_with_spatial_extent(registry):

@@ -163,7 +163,8 @@ def test_anp_prunes_by_its_mask_threshold_and_leaves_a_plain_model(registry):
     for name, mod in m.named_modules():
         if isinstance(mod, nn.BatchNorm2d):
             w0 = before[f"{name}.weight"]
-            zeroed = set(torch.nonzero(mod.weight == 0).flatten().tolist()) - set(torch.nonzero(w0 == 0).flatten().tolist())
+            zeroed = (set(torch.nonzero(mod.weight == 0).flatten().tolist())
+                      - set(torch.nonzero(w0 == 0).flatten().tolist()))
             assert zeroed == set(pruned.get(name, []))
             assert torch.equal(mod.bias, before[f"{name}.bias"])  # only the scale is pruned
     none = registry.create("defense", "anp", {"iterations": 5, "batch_size": 32, "threshold": 0.0}).run(

@@ -168,7 +168,8 @@ def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(regist
     assert full.hardware.startswith((torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu") + ", ")
     folder = results / "tiny-v1"
     read = lambda *p: json.loads(folder.joinpath(*p).read_text())["wall_time_s"]  # noqa: E731
-    wall, control = read("badnets", "linf-pruning", "seed-0.json"), read("clean-upstream", "linf-pruning", "seed-0.json")
+    wall, control = (read("badnets", "linf-pruning", "seed-0.json"),
+                     read("clean-upstream", "linf-pruning", "seed-0.json"))
     for p in ("badnets/none", "blended/none", "blended/linf-pruning", "clean-upstream/linf-pruning"):
         (folder / p / ("seed-5.json" if "clean" in p else "seed-0.json")).unlink()
     left = progress(sc, results, registry)
@@ -306,7 +307,8 @@ def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_contro
     assert not grid._ok(badnets, after, None)  # the parameter check needs the registry: unsure is unfinished
     for change, stale in (({"attacks": [{"name": "badnets", "params": {"size": 4}}]}, [badnets]),
                           ({"defenses": [{"name": "linf-pruning", "params": {"threshold": 2.5}}]}, [badnets, control]),
-                          ({"downstream": {**base["downstream"], "train": {**base["downstream"]["train"], "epochs": 2}}},
+                          ({"downstream": {**base["downstream"],
+                                           "train": {**base["downstream"]["train"], "epochs": 2}}},
                            [badnets, control])):
         f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], **change}))
         _, (sc,) = grid.load_grid(f, registry)

@@ -1,6 +1,5 @@
 """Checkpoints and datasets through a real Hub-compatible server (olah on loopback) and the real clients."""
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from benchmark import hub, models
 from benchmark.errors import BenchError, CheckpointError, ConfigError
 from benchmark.zoo import Zoo
 
-from .conftest import REPO, Run
+from .conftest import Run
 from .hubserver import add_repo, serve
 from .test_data import make_hf_folder
 
@@ -149,7 +148,7 @@ def test_offline_mode_uses_the_cache(hubenv):
     e = entry(hubenv)
     hub.pull(e)
     code = ("from benchmark import hub; from benchmark.zoo import Zoo; import sys; "
-            f"print(hub.pull(Zoo(sys.argv[1])['t'])['model'])")
+            "print(hub.pull(Zoo(sys.argv[1])['t'])['model'])")
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
     r = subprocess.run([sys.executable, "-c", code, str(hubenv["root"] / "zoo-t.yaml")], capture_output=True, text=True,
@@ -205,8 +204,9 @@ def test_publish_then_run_from_the_zoo(hubenv, digits_env, tmp_path):
     assert sorted(run.computed) == sorted(["upstream", "backdoor", "downstream", "downstream"] + ["eval"] * 4)
     cell = run.cell(None)
     assert cell["attack"]["info"]["zoo"]["revision"] == entries[1]["revision"]
-    assert run.runner.store.get("backdoor", {"zoo": run.runner._zoo_spec(Zoo(tmp_path / "zoo.yaml")[entries[1]["name"]]),
-                                             "attack": run.runner._ident("attack", sc.attacks[0])}).meta["wall_time_s"] < 30
+    assert run.runner.store.get(
+        "backdoor", {"zoo": run.runner._zoo_spec(Zoo(tmp_path / "zoo.yaml")[entries[1]["name"]]),
+                     "attack": run.runner._ident("attack", sc.attacks[0])}).meta["wall_time_s"] < 30
     # the published weights are exactly the ones built: same scores before and after transfer
     assert cell["metrics"] == first.cell(None)["metrics"]
 

@@ -30,7 +30,8 @@ def test_smoke_scenario_runs_through_the_hub(tmp_path):
         # a deterministic commit of the same files gives the same sha: the scenario pins real content
         assert add_repo(mirror, "datasets", repo_id, files) == revision
     with serve(mirror, tmp_path / "olah") as url:
-        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "BDBENCH_HOME": str(tmp_path / "home")}
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"),
+               "BDBENCH_HOME": str(tmp_path / "home")}
         r = subprocess.run([sys.executable, "-m", "benchmark", "run", "smoke-cifar10-chest", "--quiet", "--strict",
                             "--results", str(tmp_path / "results")], capture_output=True, text=True, env=env,
                            timeout=1200)

@@ -165,7 +165,8 @@ def test_browser_sorts_a_table(results_dir, tmp_path):
 def test_validate_accepts_a_builtin_and_explains_failures(digits_env, tmp_path):
     home, *_ = digits_env
     assert validate(REPO / "submissions/defenses/finetune", workdir=home / "store") == []
-    bad = write_submission(tmp_path, "attack", "lazy", "from benchmark import Attack\nclass Plugin(Attack):\n    pass\n")
+    bad = write_submission(tmp_path, "attack", "lazy",
+                           "from benchmark import Attack\nclass Plugin(Attack):\n    pass\n")
     assert "must implement apply" in validate(bad)[0]
     out = write_submission(tmp_path, "attack", "outside", """
         from benchmark import Attack
@@ -244,7 +245,8 @@ def test_headline_keeps_builds_of_the_clean_upstream_apart():
     assert row["ca_upstream"].values == pytest.approx([0.75, 0.70])
     out = _headline_text(cells)
     assert "badnets [2]" in out and "blended [1]" in out and "sig [1,2]" in out and "0.750 / 0.700" in out
-    assert "2 builds of the clean upstream" in out and "[1] cpu, 2 cores, upstream CA 0.7500; [2] cpu, 2 cores, upstream CA 0.7000" in out
+    assert ("2 builds of the clean upstream" in out
+            and "[1] cpu, 2 cores, upstream CA 0.7500; [2] cpu, 2 cores, upstream CA 0.7000" in out)
     assert len(results.headline(cells[:2])["rows"][0]["builds"]) == 1 and "[1]" not in _headline_text(cells[:2])
 
 
@@ -271,8 +273,8 @@ def test_headline_marks_backdoors_never_implanted_upstream():
     console = Console(width=250, record=True)
     print_headline(cells, console)
     lines = console.export_text().splitlines()
-    assert "not implanted" in next(l for l in lines if " weak " in l)
-    assert "not implanted" not in next(l for l in lines if " strong " in l)
+    assert "not implanted" in next(line for line in lines if " weak " in line)
+    assert "not implanted" not in next(line for line in lines if " strong " in line)
 
 
 def test_build_never_deletes_what_it_did_not_build(results_dir, tmp_path):
@@ -305,7 +307,8 @@ def test_build_never_deletes_what_it_did_not_build(results_dir, tmp_path):
 
 def test_leaderboard_submissions_flag_is_kept_before_or_after_the_action():
     from benchmark.cli import parser
-    for argv in (["leaderboard", "--submissions", "X", "build", "o"], ["leaderboard", "build", "o", "--submissions", "X"],
+    for argv in (["leaderboard", "--submissions", "X", "build", "o"],
+                 ["leaderboard", "build", "o", "--submissions", "X"],
                  ["leaderboard", "--submissions", "X", "headline"]):
         assert parser().parse_args(argv).submissions == ["X"], argv
     assert parser().parse_args(["leaderboard", "build", "o"]).submissions is None
@@ -332,7 +335,8 @@ def test_each_scenario_names_the_command_that_reproduces_it(registry, tmp_path):
     assert runs[cpu[0].sha256] == f"bdbench grid cpu --scenario {cpu[0].name}"
     assert runs[load_scenario(str(exp / "one.yaml")).sha256] == "bdbench run ci/experiments/one.yaml"
     _, many = grid.load_grid(exp / "many.yaml", registry)
-    assert [runs[s.sha256] for s in many] == [f"bdbench grid ci/experiments/many.yaml --scenario {s.name}" for s in many]
+    assert [runs[s.sha256] for s in many] == [f"bdbench grid ci/experiments/many.yaml --scenario {s.name}"
+                                              for s in many]
     assert runs[(many[1].name, many[1].version)] == "bdbench grid ci/experiments/many.yaml --scenario tiny-linear"
 
 
@@ -360,7 +364,8 @@ def test_hardware_label_names_the_gpu_or_the_cpu():
 def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_path):
     """Cells sharing a stage key built twice into different models (a clean upstream trained on one machine, then
     again on another after its store was lost) share a recipe, not a model: the scenario says so. Versions differ
-    by their weights' sha256, or, in files from before weights were recorded, by the clean accuracy of the stage's model."""
+    by their weights' sha256, or, in files from before weights were recorded, by the clean accuracy of the stage's
+    model."""
     cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
     assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
     up = cells[0]["artifacts"]["upstream"]
@@ -393,7 +398,7 @@ def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_
     # each code version the cells ran is named with how many cells it computed
     n = len([c for c in cells if c["_path"].startswith("digits-v1/")])
     code = site._code(cells[0]["provenance"]["git"])
-    assert f"<code>bbbbbbbbbbbb + changes to x.py</code> (1 cell)" in section
+    assert "<code>bbbbbbbbbbbb + changes to x.py</code> (1 cell)" in section
     assert f"<code>{html.escape(code)}</code> ({n - 1} cells)" in section
     site.build(results_dir, tmp_path / "same")
     assert "Some stages differ" not in (tmp_path / "same/index.html").read_text()

@@ -74,7 +74,8 @@ def test_aupr_and_tpr_at_fpr_equal_sklearn(seed):
     fpr, tpr, _ = roc_curve(y, s)
     assert metrics.tpr_at_fpr(y, s, 0.05) == pytest.approx(tpr[fpr <= 0.05].max())
     d = metrics.detection(y, s)
-    assert set(d) == {"auroc", "aupr", "tpr_at_5fpr", "nonfinite"} and d["nonfinite"] == 0 and d["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert (set(d) == {"auroc", "aupr", "tpr_at_5fpr", "nonfinite"} and d["nonfinite"] == 0
+            and d["auroc"] == pytest.approx(roc_auc_score(y, s)))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])

@@ -1,5 +1,4 @@
 """STRIP and Fine-Pruning against their definitions."""
-import math
 
 import pytest
 import torch

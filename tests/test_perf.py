@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from benchmark import device as dev
 from benchmark import training
-from benchmark.data import ImageSet, to_float
+from benchmark.data import to_float
 from benchmark.models import Classifier
 from benchmark.scenario import Recipe
 
@@ -103,7 +103,8 @@ ATTACKS = [("badnets", {}), ("blended", {}), ("blended", {"key": "image"}), ("si
            ("random-backdoor", {}), ("invisible", {}), ("input-aware", {})]
 
 
-@pytest.mark.parametrize("name,params", ATTACKS, ids=[f"{n}{'-' + '-'.join(p.values()) if p else ''}" for n, p in ATTACKS])
+@pytest.mark.parametrize("name,params", ATTACKS,
+                         ids=[f"{n}{'-' + '-'.join(p.values()) if p else ''}" for n, p in ATTACKS])
 def test_trigger_throughput(benchmark, registry, name, params):
     attack = registry.create("attack", name, params)
     if name == "input-aware":  # its generators at their shipped width with untrained weights: same cost as trained
@@ -165,7 +166,8 @@ def test_defense_process_start(benchmark, tmp_path, mode):
     data = random_images(n=64)
 
     def once():
-        return run_defense(roots=[tmp_path / "subs"], name="noop", params={}, model_path=Path(tmp_path / "m.safetensors"),
+        return run_defense(roots=[tmp_path / "subs"], name="noop", params={},
+                           model_path=Path(tmp_path / "m.safetensors"),
                            config=m.config, data=data, eval_images=None, device=torch.device("cpu"), seed=0,
                            time_limit=300, memory_gb=0, mode=mode)
     once()  # the fork server starts once per run

@@ -33,7 +33,8 @@ def test_first_run_trains_each_stage_once(digits_env):
 
 def test_adding_a_defense_trains_nothing_but_that_defense(digits_env):
     *_, first, second = digits_env
-    assert second.computed == ["defense", "defense"]  # linf-pruning and its control; finetune reused; crash stores nothing
+    # linf-pruning and its control; finetune reused; crash stores nothing
+    assert second.computed == ["defense", "defense"]
     assert second.cell("finetune")["metrics"] == first.cell("finetune")["metrics"]
     assert second.cell(None)["artifacts"] == first.cell(None)["artifacts"]
 
