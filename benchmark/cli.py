@@ -22,7 +22,7 @@ def _registry(args):
 def _scenario(name: str, registry):
     """A shipped scenario, a scenario file, or a shipped grid's expansion by name (the leaderboard's names)."""
     from .errors import BenchError
-    from .grid import grid_expansion
+    from .gridfile import grid_expansion
     from .scenario import load_scenario, names_a_file
     try:
         return load_scenario(name, registry)
@@ -121,7 +121,7 @@ def _default_workers(device: str) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .grid import load_grid
+    from .gridfile import load_grid
     from .plan import preflight, print_plan
     registry = _registry(args)
     _, scenarios = load_grid(Path(args.grid), registry)
@@ -227,10 +227,13 @@ def cmd_headline(args) -> int:
     import fnmatch
 
     from . import results
-    from .report import print_headline
+    from .report import headline_markdown, print_headline
     cells = [c for c in results.load(Path(args.results))
              if not args.scenario or any(fnmatch.fnmatch(c["scenario"]["name"], g) for g in args.scenario)]
-    print_headline(cells)
+    if args.markdown:
+        print(headline_markdown(cells), end="")
+    else:
+        print_headline(cells)
     return 0
 
 
@@ -263,7 +266,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .grid import expansion_names
+    from .gridfile import expansion_names
     from .scenario import shipped_scenarios
 
     registry = _registry(args)
@@ -388,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
                         help="print the cross-scenario transfer table in the terminal")
     hl.add_argument("--results", default="leaderboard/results", help="result files [leaderboard/results]")
     hl.add_argument("--scenario", action="extend", nargs="+", metavar="GLOB", help="only scenarios matching")
+    hl.add_argument("--markdown", action="store_true",
+                    help="print the page docs/findings.md is generated as (a Markdown table and its notes)")
     hl.set_defaults(fn=cmd_headline)
 
     ca = sub.add_parser("calibration", help="the no-transfer calibration scenario beside published figures")

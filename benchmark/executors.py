@@ -21,7 +21,7 @@ def run_task(job: dict) -> dict:
 
         from .device import pick
         from .errors import BenchError
-        from .grid import load_grid, select
+        from .gridfile import load_grid, select
         from .pipeline import Runner
         from .registry import Registry
         from .store import Store

@@ -190,7 +190,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
     finished cells is at hand, so a stage a finished file records (an attack's injection and transfer at a seed,
     a seed's clean transfer, shared by its attacks and controls) is not redone; a stage never timed in this
     scenario is counted in `unmeasured`, not guessed."""
-    from .grid import _ok, plan_tasks, same_scenario, task_files
+    from .tasks import finished, plan_tasks, same_scenario, task_files
     folder = Path(results) / f"{sc.name}-v{sc.version}"
     rows = []
     for f in folder.glob("*/*/seed-*.json"):
@@ -238,7 +238,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
         add("upstream")
     for task in cells + controls:
         files = task_files(task, sc, results, registry)
-        missing = [d for d, p in files if not _ok(p, sc, registry)]
+        missing = [d for d, p in files if not finished(p, sc, registry)]
         done, total = done + len(files) - len(missing), total + len(files)
         if not missing:
             continue

@@ -109,40 +109,71 @@ def build_name(b: dict) -> str:
     return b["label"] + ("" if b["label"].startswith(b["hardware"]) else f" on {b['hardware']}")
 
 
-def print_headline(cells: list[dict], console: Console | None = None) -> None:
-    """results.headline in long form: one row per scenario and attack, mean ± 95% interval over seeds."""
+HEADLINE_TITLE = ("does the backdoor survive transfer? (lift = ASR after transfer minus the clean-upstream baseline, "
+                  "paired by seed)")
+HEADLINE_COLUMNS = ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",
+                    "baseline", "lift", "seeds")
+
+
+def headline_table(cells: list[dict]) -> tuple[list[tuple[list[str], bool]], list[str]]:
+    """results.headline in long form, for the terminal and docs/findings.md alike: ([(one row's texts under
+    HEADLINE_COLUMNS, whether it ends its scenario)], notes)."""
     from .results import IMPLANTED_ASR, headline
 
-    h = headline(cells)
-    # piped output (no terminal) gets a width that fits every column rather than a truncated table
-    if console is None:
-        probe = Console()
-        console = Console(width=max(probe.width, 150 if probe.is_terminal else 210))
-    t = Table(title="does the backdoor survive transfer? (lift = ASR after transfer minus the clean-upstream "
-                    "baseline, paired by seed)", title_justify="left")
-    for col in ("scenario", "clean CA up", "clean CA down", "attack", "ASR before transfer", "ASR after transfer",
-                "baseline", "lift", "seeds"):
-        t.add_column(col, justify="left" if col in ("scenario", "attack") else "right", no_wrap=True)
-    notes = []
-    for r in h["rows"]:
+    out, notes = [], []
+    for r in headline(cells)["rows"]:
         builds = r["builds"]
         build_of = {a: " [" + ",".join(str(i + 1) for i, b in enumerate(builds) if a in b["attacks"]) + "]"
                     for a in r["entries"]} if len(builds) > 1 else {}  # an attack resumed on other hardware: both
         if build_of:
             notes.append(f"{r['key']}: {len(builds)} builds of the clean upstream, CA columns in this order: "
-                         + "; ".join(f"[{i + 1}] {build_name(b)}" for i, b in enumerate(builds)))
+                         + "; ".join(f"[{i + 1}] {build_name(b)}" for i, b in enumerate(builds))
+                         + " (the same recipe built again gives another model; [n] after an attack: the builds its "
+                           "cells used; each cell's lift is paired with its own build's clean baseline)")
         for i, (a, e) in enumerate(sorted(r["entries"].items())):
             first = i == 0
-            t.add_row(r["key"] if first else "", " / ".join(fmt([b["ca_upstream"]]) for b in builds) if first else "",
-                      " / ".join(fmt(b["ca_transfer"].values) for b in builds) if first else "",
-                      escape(a + build_of.get(a, "")),
-                      *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline")],
-                      fmt(e["lift"].values) if e["implanted"] else f"({fmt(e['lift'].values)}) not implanted",
-                      str(e["seeds"]), end_section=i == len(r["entries"]) - 1)
+            out.append(([r["key"] if first else "",
+                         " / ".join(fmt([b["ca_upstream"]]) for b in builds) if first else "",
+                         " / ".join(fmt(b["ca_transfer"].values) for b in builds) if first else "",
+                         a + build_of.get(a, ""),
+                         *[fmt(e[k].values) for k in ("asr_upstream", "asr_transfer", "asr_baseline")],
+                         fmt(e["lift"].values) if e["implanted"] else f"({fmt(e['lift'].values)}) not implanted",
+                         str(e["seeds"])], i == len(r["entries"]) - 1))
+    notes.append(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
+                 "planted its backdoor upstream and the lift says nothing about surviving transfer.")
+    return out, notes
+
+
+def print_headline(cells: list[dict], console: Console | None = None) -> None:
+    """The headline table in the terminal: one row per scenario and attack, mean ± 95% interval over seeds."""
+    # piped output (no terminal) gets a width that fits every column rather than a truncated table
+    if console is None:
+        probe = Console()
+        console = Console(width=max(probe.width, 150 if probe.is_terminal else 210))
+    t = Table(title=HEADLINE_TITLE, title_justify="left")
+    for col in HEADLINE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("scenario", "attack") else "right", no_wrap=True)
+    table, notes = headline_table(cells)
+    for texts, last in table:
+        t.add_row(*[escape(x) for x in texts], end_section=last)
     console.print(t)
     for n in notes:
-        console.print(escape(n + " (the same recipe built again gives another model; [n] after an attack: the "
-                             "builds its cells used; each cell's lift is paired with its own build's clean baseline)"),
-                      style="dim")
-    console.print(f"(lift) not implanted: the ASR before transfer is under {IMPLANTED_ASR}, so the attack never "
-                  "planted its backdoor upstream and the lift says nothing about surviving transfer.", style="dim")
+        console.print(escape(n), style="dim")
+
+
+def headline_markdown(cells: list[dict]) -> str:
+    """docs/findings.md: the headline table as Markdown, generated from the result files, never typed."""
+    table, notes = headline_table(cells)
+    out = ["# Does the backdoor survive transfer?", "",
+           "Generated by `bdbench leaderboard headline --markdown > docs/findings.md` from the committed result files "
+           "(`leaderboard/results/`); do not edit by hand. One row per scenario version and attack, over the seeds of "
+           "its undefended cells: the ASR before transfer (the upstream model, the attack's own target), after "
+           "transfer (the victim's model, target t\\*), the same for the model transferred from the clean upstream "
+           "(baseline), and the lift, ASR after transfer minus the baseline, paired by seed. Mean ± 95% Student-t "
+           "half-width. Definitions: [metrics.md](metrics.md). What defenses do after transfer: the site and "
+           "`bdbench compare`.", "",
+           "| " + " | ".join(HEADLINE_COLUMNS) + " |", "|" + "|".join("---" if c in ("scenario", "attack") else "--:"
+                                                                 for c in HEADLINE_COLUMNS) + "|"]
+    out += ["| " + " | ".join(x.replace("|", "\\|") for x in texts) + " |" for texts, _ in table]
+    out += [""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"

@@ -117,7 +117,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
     (out / "plots").mkdir(parents=True)
     env = _env()
 
-    from .grid import reproducers
+    from .gridfile import reproducers
     runs = reproducers()
     scenarios = []
     for (name, version), cs in results.by_scenario(cells).items():

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmark.grid import known_scenarios
+from benchmark.gridfile import known_scenarios
 
 
 def dump(r: dict) -> str:

@@ -217,8 +217,8 @@ def test_the_site_shows_the_calibration_table(calib_env, tmp_path):
 
 
 def test_a_grid_redoes_cells_scored_before_a_harness_fix(tmp_path):
-    """grid._ok: a random-backdoor defense cell finished before the scoring fix is not finished."""
-    from benchmark import grid
+    """tasks.finished: a random-backdoor defense cell finished before the scoring fix is not finished."""
+    from benchmark import tasks
     sc = load_scenario(str(write(tmp_path, DIGITS10)))
     cell = {"status": "ok", "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256,
                                          "recipe": sc.recipe},
@@ -226,4 +226,4 @@ def test_a_grid_redoes_cells_scored_before_a_harness_fix(tmp_path):
     for finished, ok in (("2026-12-01T00:00:00Z", False), ("2026-12-08T00:00:00Z", True)):
         p = tmp_path / f"{finished[:10]}.json"
         p.write_text(json.dumps({**cell, "finished": finished}))
-        assert grid._ok(p, sc) is ok
+        assert tasks.finished(p, sc) is ok

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from benchmark import grid
+from benchmark import grid, gridfile, tasks
 from benchmark.errors import BenchError
 
 from .conftest import REPO
@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_vary_expands_the_cartesian_product_with_labels(registry, tmp_path):
-    g, scs = grid.load_grid(DATA / "tiny-grid.yaml", registry)
+    g, scs = gridfile.load_grid(DATA / "tiny-grid.yaml", registry)
     assert [s.name for s in scs] == ["tiny-full", "tiny-linear"]
     assert [s.downstream.protocol for s in scs] == ["full", "linear"]
     assert len({s.sha256 for s in scs}) == 2 and all(s.version == 1 for s in scs)
@@ -30,7 +30,7 @@ def test_vary_expands_the_cartesian_product_with_labels(registry, tmp_path):
     f.write_text(yaml.safe_dump({"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {
         "upstream.arch,image.size": {"a": ["test_resnet", 16], "b": ["test_vit", 32]},
         "downstream.data": {"d": {"source": "sklearn-digits", "classes": [5, 6]}}}}, sort_keys=False))
-    _, scs = grid.load_grid(f, registry)
+    _, scs = gridfile.load_grid(f, registry)
     assert [(s.name, s.upstream.arch, s.image.size, s.downstream.data.classes) for s in scs] == [
         ("tiny-a-d", "test_resnet", 16, [5, 6]), ("tiny-b-d", "test_vit", 32, [5, 6])]
 
@@ -41,28 +41,28 @@ def test_adjust_sets_a_recipe_for_one_label_and_leaves_the_other_hashes(registry
     base = {"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {"downstream.protocol": ["full", "linear"]}}
     f = tmp_path / "g.yaml"
     f.write_text(yaml.safe_dump(base))
-    _, before = grid.load_grid(f, registry)
+    _, before = gridfile.load_grid(f, registry)
     f.write_text(yaml.safe_dump({**base, "adjust": {"linear": {"upstream.train.epochs": 7, "version": 3}}}))
-    _, after = grid.load_grid(f, registry)
+    _, after = gridfile.load_grid(f, registry)
     assert [s.name for s in after] == ["tiny-full", "tiny-linear"]
     assert after[0].sha256 == before[0].sha256 and after[0].version == before[0].version
     assert after[0].upstream.train.epochs == before[0].upstream.train.epochs != 7
     assert after[1].sha256 != before[1].sha256 and after[1].upstream.train.epochs == 7 and after[1].version == 3
     # a base scenario's own adjustment, by its name, applies to all its variants after the labels' settings
     f.write_text(yaml.safe_dump({**base, "adjust": {"linear": {"version": 3}, "tiny": {"version": 4}}}))
-    _, own = grid.load_grid(f, registry)
+    _, own = gridfile.load_grid(f, registry)
     assert [s.version for s in own] == [4, 4] and all(o.sha256 != b.sha256 for o, b in zip(own, before))
     for adjust, match in (({"lineer": {"version": 2}}, "neither a vary label nor a scenario's name"),
                           ({"linear": {"upstream.nope.x": 1}}, "does not name a setting"),
                           ({"linear": {}}, "give a mapping")):
         f.write_text(yaml.safe_dump({**base, "adjust": adjust}))
         with pytest.raises(BenchError, match=match) as e:
-            grid.load_grid(f, registry)
+            gridfile.load_grid(f, registry)
         assert "g.yaml" in str(e.value)
     f.write_text(yaml.safe_dump({**base, "vary": {"downstream.protocol": {"tiny": "full"}},
                                  "adjust": {"tiny": {"version": 2}}}))  # a label named as the scenario
     with pytest.raises(BenchError, match="both a vary label and a scenario's name"):
-        grid.load_grid(f, registry)
+        gridfile.load_grid(f, registry)
 
 
 def test_a_task_refuses_a_grid_file_changed_after_the_grid_started(registry, tmp_path):
@@ -72,7 +72,7 @@ def test_a_task_refuses_a_grid_file_changed_after_the_grid_started(registry, tmp
     base = {"name": "g", "scenarios": [str(DATA / "tiny.yaml")], "vary": {"downstream.protocol": ["full", "linear"]}}
     f = tmp_path / "g.yaml"
     f.write_text(yaml.safe_dump(base))
-    _, (full, _) = grid.load_grid(f, registry)
+    _, (full, _) = gridfile.load_grid(f, registry)
     job = {"grid": str(f), "roots": [str(r) for r in registry.roots], "home": str(tmp_path / "home"),
            "results": str(tmp_path / "results"), "device": "cpu", "isolate": False, "threads": 1, "only": {},
            "kind": "upstream", "scenario": full.name, "attack": None, "seed": None, "sha256": full.sha256}
@@ -97,13 +97,13 @@ def test_bad_grids_name_the_file_and_the_fix(registry, tmp_path, vary, match):
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump({"name": "bad", "scenarios": [str(DATA / "tiny.yaml")], "vary": vary}))
     with pytest.raises(BenchError, match=match) as e:
-        grid.load_grid(f, registry)
+        gridfile.load_grid(f, registry)
     assert "bad.yaml" in str(e.value)
 
 
 def test_task_plan_has_three_phases(registry):
-    _, scs = grid.load_grid(DATA / "tiny-grid.yaml", registry)
-    ups, cells, controls = grid.plan_tasks(scs)
+    _, scs = gridfile.load_grid(DATA / "tiny-grid.yaml", registry)
+    ups, cells, controls = tasks.plan_tasks(scs)
     assert len(ups) == 2 and len(cells) == 2 * 2 * 2 and len(controls) == 2 * 2
     assert {t.kind for t in cells} == {"cell"}
 
@@ -111,9 +111,9 @@ def test_task_plan_has_three_phases(registry):
 def test_shipped_grids_plan(registry, capsys):
     from benchmark.plan import print_plan
     for name, n in (("matsuo2022", 40), ("cpu", 6)):
-        _, scs = grid.load_grid(name, registry)
+        _, scs = gridfile.load_grid(name, registry)
         assert len(scs) == n
-    _, scs = grid.load_grid("matsuo2022", registry)
+    _, scs = gridfile.load_grid("matsuo2022", registry)
     est = print_plan(scs[:2], tflops=50.0)
     assert est[0].gflops_up == pytest.approx(30.9, rel=0.02)  # VGG16 at 224 px: 15.5 GMACs
     assert est[0].train_pflop > 0 and est[1].train_pflop is None  # AIDER's size is not given
@@ -124,9 +124,9 @@ def test_a_grid_scenario_runs_and_shows_by_the_name_the_leaderboard_prints(regis
     """`bdbench run/show cpu-cifar10-gtsrb-resnet18` loads the very scenario the cpu grid runs (same sha256, so
     its result files are the grid's cells); an unknown name still fails, naming where the names are listed."""
     from benchmark.cli import _scenario, main
-    _, scs = grid.load_grid("cpu", registry)
+    _, scs = gridfile.load_grid("cpu", registry)
     want = next(s for s in scs if s.name == "cpu-cifar10-gtsrb-resnet18")
-    assert grid.grid_expansion(want.name, registry)[0] == "cpu"
+    assert gridfile.grid_expansion(want.name, registry)[0] == "cpu"
     got = _scenario(want.name, registry)
     assert (got.sha256, got.recipe, got.version) == (want.sha256, want.recipe, 3)
     assert got.upstream.train.epochs == 20 and got.downstream.train.epochs == 10
@@ -146,8 +146,8 @@ def test_plan_progress_counts_finished_files_and_times_the_rest_from_them(regist
     from benchmark.device import pick
     from benchmark.plan import progress
     only = {"seeds": [0], "clean_seeds": [0, 5]}
-    _, (sc,) = grid.load_grid(DATA / "tiny.yaml", registry)
-    sc = grid.select(sc, **only)
+    _, (sc,) = gridfile.load_grid(DATA / "tiny.yaml", registry)
+    sc = gridfile.select(sc, **only)
     results = tmp_path / "results"
     empty = progress(sc, results, registry)
     # nothing timed: upstream, a clean transfer, 2 x (injection, transfer, defense); controls not known yet
@@ -287,12 +287,12 @@ def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_contro
     folder = tmp_path / "results" / "tiny-v1"
     cells = {p: p.read_bytes() for p in folder.rglob("seed-*.json")}
     assert len(cells) == 4  # badnets: none, linf-pruning, finetune; the control: linf-pruning
-    _, (before,) = grid.load_grid(f, registry)
+    _, (before,) = gridfile.load_grid(f, registry)
     f.write_text("# a control\n" + yaml.safe_dump({**base, "attacks": ["badnets", "no-poison"],
                                                    "description": "with a null attack"}))
-    _, (after,) = grid.load_grid(f, registry)
+    _, (after,) = gridfile.load_grid(f, registry)
     assert after.sha256 != before.sha256 and after.recipe == before.recipe
-    assert [[(t.kind, t.attack) for t in p] for p in grid.plan_tasks([after], registry)] == [
+    assert [[(t.kind, t.attack) for t in p] for p in tasks.plan_tasks([after], registry)] == [
         [("upstream", None)], [("cell", "badnets")], [("controls", None), ("cell", "no-poison")]]
     again = grid.run(f, **kw)
     assert again["ran"] == 1 and again["failed_tasks"] == 0  # the no-poison cell only
@@ -303,16 +303,16 @@ def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_contro
     assert r["attack"]["null"] and r["metrics"]["defense"]["model_score"] is not None
     badnets, control = folder / "badnets" / "linf-pruning" / "seed-0.json", folder / "clean-upstream" / \
         "linf-pruning" / "seed-0.json"
-    assert grid._ok(badnets, after, registry) and grid._ok(control, after, registry)
-    assert not grid._ok(badnets, after, None)  # the parameter check needs the registry: unsure is unfinished
+    assert tasks.finished(badnets, after, registry) and tasks.finished(control, after, registry)
+    assert not tasks.finished(badnets, after, None)  # the parameter check needs the registry: unsure is unfinished
     for change, stale in (({"attacks": [{"name": "badnets", "params": {"size": 4}}]}, [badnets]),
                           ({"defenses": [{"name": "linf-pruning", "params": {"threshold": 2.5}}]}, [badnets, control]),
                           ({"downstream": {**base["downstream"],
                                            "train": {**base["downstream"]["train"], "epochs": 2}}},
                            [badnets, control])):
         f.write_text(yaml.safe_dump({**base, "attacks": ["badnets"], **change}))
-        _, (sc,) = grid.load_grid(f, registry)
-        assert [p for p in (badnets, control) if not grid._ok(p, sc, registry)] == stale, change
+        _, (sc,) = gridfile.load_grid(f, registry)
+        assert [p for p in (badnets, control) if not tasks.finished(p, sc, registry)] == stale, change
 
 
 def test_eta_is_the_rate_so_far_times_the_tasks_left():

@@ -275,6 +275,19 @@ def test_headline_marks_backdoors_never_implanted_upstream():
     lines = console.export_text().splitlines()
     assert "not implanted" in next(line for line in lines if " weak " in line)
     assert "not implanted" not in next(line for line in lines if " strong " in line)
+    from benchmark.report import headline_markdown
+    page = headline_markdown(cells).splitlines()
+    weak, strong = (next(line for line in page if f"| {a} |" in line) for a in ("weak", "strong"))
+    assert weak.endswith("not implanted | 3 |") and strong.endswith("| 0.800 ± 0.000 | 2 |")
+
+
+def test_the_findings_page_is_generated_from_the_committed_results():
+    """docs/findings.md is `bdbench leaderboard headline --markdown` of the committed results, never typed."""
+    from benchmark.report import headline_markdown
+    from tests.conftest import REPO
+    page = (Path(REPO) / "docs" / "findings.md").read_text()
+    assert page == headline_markdown(results.load(Path(REPO) / "leaderboard" / "results")), \
+        "regenerate it: bdbench leaderboard headline --markdown > docs/findings.md"
 
 
 def test_build_never_deletes_what_it_did_not_build(results_dir, tmp_path):
@@ -319,7 +332,7 @@ def test_each_scenario_names_the_command_that_reproduces_it(registry, tmp_path):
     path: `bdbench run` for a scenario file, `bdbench grid ... --scenario` for a grid file."""
     import yaml
 
-    from benchmark import grid
+    from benchmark import gridfile
     from benchmark.scenario import load_scenario
     from tests.conftest import REPO
     exp = tmp_path / "ci" / "experiments"
@@ -329,12 +342,12 @@ def test_each_scenario_names_the_command_that_reproduces_it(registry, tmp_path):
     (exp / "many.yaml").write_text(yaml.safe_dump({"name": "many", "scenarios": [str(data / "tiny.yaml")],
                                                    "vary": {"downstream.protocol": ["full", "linear"]}}))
     (exp / "broken.yaml").write_text("name: [")
-    runs = grid.reproducers(tmp_path)
+    runs = gridfile.reproducers(tmp_path)
     assert runs[load_scenario("digits").sha256] == "bdbench run digits"
-    _, cpu = grid.load_grid("cpu", registry)
+    _, cpu = gridfile.load_grid("cpu", registry)
     assert runs[cpu[0].sha256] == f"bdbench grid cpu --scenario {cpu[0].name}"
     assert runs[load_scenario(str(exp / "one.yaml")).sha256] == "bdbench run ci/experiments/one.yaml"
-    _, many = grid.load_grid(exp / "many.yaml", registry)
+    _, many = gridfile.load_grid(exp / "many.yaml", registry)
     assert [runs[s.sha256] for s in many] == [f"bdbench grid ci/experiments/many.yaml --scenario {s.name}"
                                               for s in many]
     assert runs[(many[1].name, many[1].version)] == "bdbench grid ci/experiments/many.yaml --scenario tiny-linear"
