@@ -99,12 +99,12 @@ class Runner:
         return attack
 
     def _poisoning(self, attack: PluginSpec, planted: Artifact, seed: int) -> Poisoning:
-        """The poisoning the default plant() made for this backdoor: its draw, Context(seed).generator(1), replayed on
-        the upstream training set. Kept for the last backdoor, whose cell's defenses all ask for it."""
+        """The poisoning the default plant() made for this backdoor (Attack.planted_poisoning), replayed on the
+        upstream training set. Kept for the last backdoor, whose cell's defenses all ask for it."""
         if self._replayed[:2] != (planted.key, seed):
-            a = self._attack(attack, planted)
-            self._replayed = (planted.key, seed, a.poison(self.data.up_train, self.scenario.attack,
-                                                          self.ctx(seed).generator(1)))
+            poisoning = self._attack(attack, planted).planted_poisoning(self.data.up_train, self.scenario.attack,
+                                                                        self.ctx(seed))
+            self._replayed = (planted.key, seed, poisoning)
         return self._replayed[2]
 
     # ---------------------------------------------------------------- stages

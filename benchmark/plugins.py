@@ -126,10 +126,15 @@ class Attack(Plugin):
         parts = [to_uint8(fn(to_float(images[i:i + chunk]))) for i in range(0, len(images), chunk)]
         return torch.cat(parts) if parts else images[:0].clone()
 
+    def planted_poisoning(self, data: ImageSet, budget: AttackBudget, ctx: Context) -> Poisoning:
+        """The poisoning the default plant() trains on: poison() with the cell's draw ctx.generator(1). The harness
+        replays it to know which samples the attack touched (the defender's clean pool, sample-level scoring)."""
+        return self.poison(data, budget, ctx.generator(1))
+
     def plant(self, model: nn.Module, data: ImageSet, budget: AttackBudget, ctx: Context) -> nn.Module:
         """Plant the backdoor into the clean upstream `model`: by default poison the data, then let the
         harness fine-tune on it with the scenario's injection recipe."""
-        poisoned = self.poison(data, budget, ctx.generator(1)).applied_to(data)
+        poisoned = self.planted_poisoning(data, budget, ctx).applied_to(data)
         return ctx.train(model, poisoned, budget.inject, desc=f"plant {self.manifest.name if self.manifest else ''}")
 
 

@@ -36,7 +36,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3, **_):
+    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3):
         super().__init__()
         self.num_classes, self.num_features = num_classes, 512
         self.pretrained_cfg = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, "input_size": (in_chans, 32, 32),
