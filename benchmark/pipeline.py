@@ -186,7 +186,8 @@ class Runner:
             torch.manual_seed(seed)
             model = upstream.model().reset_head(d.down_train.num_classes)
             models.set_protocol(model, sc.downstream.protocol, sc.downstream.blocks)
-            self.ctx(seed).train(model, d.down_train, sc.downstream.train, desc=f"transfer {what}")
+            training.fit(model, d.down_train, sc.downstream.train, device=self.device, seed=seed,
+                         desc=f"transfer {what}", progress=self.progress)  # only what the protocol leaves trainable
             models.set_protocol(model, "full")
             ca = metrics.accuracy(training.predict(model, d.down_test, device=self.device), d.down_test.labels)
             return model, {"metrics": {"ca": ca}}

@@ -1,28 +1,5 @@
-"""The plugin contract: what an attack and a defense implement. Read this file in a minute.
-
-Images are float tensors in [0, 1], NCHW, on any device. Parameters come from the submission's
-`submission.yaml` (defaults) merged with the scenario's overrides, and are in `self.params`.
-
-    class MyAttack(Attack):
-        def apply(self, x):            # the trigger, batched, on x's device
-            ...
-    # optional: override poison() (which samples, what image, what label; the harness trains)
-    # or plant() (an attack that must control training).
-
-    class MyDefense(Defense):
-        def run(self, model, clean, ctx):
-            return DefenseOutput(model=..., model_score=..., input_scorer=...)
-
-    class MyInspector(Defense):
-        position = "data"
-        def inspect(self, model, train, ctx):
-            return DefenseOutput(sample_scores=...)
-
-A defense receives the delivered model (a private copy) and the defender's clean data only:
-never the attack, its target, or triggered data. A data-inspection defense (`position = "data"`)
-instead receives the upstream model and its training set with the poison in it, but not which
-samples are poisoned.
-"""
+"""The base classes of attacks and defenses. A submission imports them from benchmark.api, which documents the
+contract."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import training
+from . import models, training
 from .data import ImageSet, to_float, to_uint8
 from .scenario import AttackBudget, Recipe
 
@@ -54,6 +31,8 @@ class Context:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
 
     def train(self, model: nn.Module, data: ImageSet, recipe: Recipe, desc: str = "train", **kw) -> nn.Module:
+        """Fine-tune every layer of `model` on `data` with `recipe` (SGD, the harness's loop and schedule)."""
+        models.set_protocol(model, "full")
         return training.fit(model, data, recipe, device=self.device, seed=self.seed, desc=desc,
                             progress=self.progress, **kw)
 

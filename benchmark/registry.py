@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional
 
 from .config import Invalid, check_name, parse, read_yaml
 from .errors import BenchError, ConfigError, UnknownPluginError
+from .params import Param, declare, resolve
 from .plugins import Attack, Defense, Plugin
 
 ENTRY_POINT_GROUP = "bdbench.plugins"
@@ -35,19 +36,21 @@ class Manifest:
     paper: str
     authors: list[str]
     licence: str
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)  # after check(): name -> default
     description: str = ""
     notes: str = ""
     folder: Optional[str] = None  # set on load
+    declared: dict[str, Param] = field(default_factory=dict, init=False, repr=False)  # set by check()
 
     def check(self):
         check_name("name", self.name)
         mod, _, cls = self.entry.partition(":")
         if not mod or not cls:
             raise Invalid("entry", f"must be 'module:Class', got {self.entry!r}")
-        for k, v in self.parameters.items():
-            if not isinstance(v, (int, float, str, bool, list)) or v is None:
-                raise Invalid(f"parameters.{k}", f"default must be a number, string, boolean or list, got {v!r}")
+        if not isinstance(self.parameters, dict):
+            raise Invalid("parameters", f"must be a mapping of name to default or declaration, got {self.parameters!r}")
+        self.declared = {k: declare(f"parameters.{k}", v) for k, v in self.parameters.items()}
+        self.parameters = {k: p.default for k, p in self.declared.items()}
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -56,14 +59,6 @@ def load_manifest(path: Path) -> Manifest:
     m = parse(Manifest, data, file=path)
     m.folder = str(path.parent)
     return m
-
-
-def _same_type(default, value) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
 
 
 def source_hash(folder: Path) -> str:
@@ -130,18 +125,14 @@ class Registry:
             raise UnknownPluginError(kind, name, self.names(kind), where) from None
 
     def resolve_params(self, kind: str, name: str, overrides: dict, where: str | None = None) -> dict:
-        """Manifest defaults merged with overrides; an undeclared or mistyped override is an error."""
+        """Manifest defaults merged with overrides; an undeclared override, or one its declaration refuses (type,
+        range, choices: params.Param), is an error naming where it was set and the manifest that declares it."""
         m = self.manifest(kind, name, where)
-        params = dict(m.parameters)
-        for k, v in (overrides or {}).items():
-            if k not in m.parameters:
-                raise BenchError(f"{where + ': ' if where else ''}{kind} '{name}' has no parameter '{k}'; "
-                                 f"declared: {', '.join(m.parameters) or '(none)'}")
-            if not _same_type(m.parameters[k], v):
-                raise BenchError(f"{where + ': ' if where else ''}{kind} '{name}' parameter '{k}' must be "
-                                 f"{type(m.parameters[k]).__name__} like its default {m.parameters[k]!r}, got {v!r}")
-            params[k] = v
-        return params
+        try:
+            return resolve(m.declared, overrides, f"{kind} '{name}'")
+        except ValueError as e:
+            raise BenchError(f"{where + ': ' if where else ''}{e} (declared in "
+                             f"{Path(m.folder, 'submission.yaml')})") from None
 
     def plugin_class(self, kind: str, name: str) -> type:
         key = (kind, name)

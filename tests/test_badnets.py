@@ -51,7 +51,7 @@ def test_checkerboard_values(registry):
 
 def test_bad_parameters_are_rejected(registry):
     from benchmark.errors import BenchError
-    with pytest.raises(BenchError, match="pattern must be one of"):
+    with pytest.raises(BenchError, match="parameter 'pattern' must be one of 'white', 'checkerboard'"):
         registry.create("attack", "badnets", {"pattern": "flower"})
     with pytest.raises(BenchError, match="has no parameter 'colour'"):
         registry.create("attack", "badnets", {"colour": "red"})

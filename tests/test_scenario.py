@@ -151,8 +151,14 @@ def test_preflight_builds_every_plugin_with_its_parameters(tmp_path, registry):
     from benchmark.errors import BenchError
     from benchmark.plan import preflight
     preflight(load_scenario("digits", registry), registry)  # the shipped default passes
-    sc = load_scenario(str(write(tmp_path, mutate(("attacks",), [{"name": "blended", "params": {"alpha": 1.5}}]))),
-                       registry)
+    # a value its declaration refuses (submission.yaml: alpha in (0, 1]), named with the scenario's file
+    f = write(tmp_path, mutate(("attacks",), [{"name": "blended", "params": {"alpha": 1.5}}]))
+    with pytest.raises(BenchError, match=r"attacks\[0\].*parameter 'alpha' must lie in \(0, 1\], got 1.5") as e:
+        load_scenario(str(f), registry)  # refused on loading, before anything runs
+    assert str(f) in str(e.value)
+    # a rule across parameters, which the plugin checks itself (p_attack + p_cross < 1)
+    sc = load_scenario(str(write(tmp_path, mutate(("attacks",), [
+        {"name": "input-aware", "params": {"p_attack": 0.6, "p_cross": 0.5}}]))), registry)
     with pytest.raises(BenchError, match=r"attacks\[0\].*rejected its parameters") as e:
         preflight(sc, registry)
     assert str(sc.file) in str(e.value)

@@ -1,22 +1,10 @@
 """BadNets (Gu et al. 2019): a small patch in the bottom-right corner."""
 import torch
 
-from benchmark import Attack
-
-PATTERNS = ("white", "checkerboard")
-MODES = ("all-to-one", "all-to-all")
+from benchmark.api import Attack
 
 
 class BadNets(Attack):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["pattern"] not in PATTERNS:
-            raise ValueError(f"pattern must be one of {PATTERNS}, got {params['pattern']!r}")
-        if params["mode"] not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {params['mode']!r}")
-        if params["size"] < 1 or params["margin"] < 0 or params["reference_resolution"] < 1:
-            raise ValueError("size must be >= 1, margin >= 0, reference_resolution >= 1")
-
     def patch(self, height: int, width: int):
         """(row slice, col slice, pattern tensor) of the trigger for an image of this size."""
         scale = height / self.params["reference_resolution"]

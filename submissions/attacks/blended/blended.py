@@ -5,18 +5,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import Attack
-
-KEYS = ("noise", "image")
+from benchmark.api import Attack
 
 
 class Blended(Attack):
     def __init__(self, **params):
         super().__init__(**params)
-        if params["key"] not in KEYS:
-            raise ValueError(f"key must be one of {KEYS}, got {params['key']!r}")
-        if not 0 < params["alpha"] <= 1:
-            raise ValueError("alpha must lie in (0, 1]")
         if params["key"] == "image":
             path = Path(params["key_image"])
             path = path if path.is_absolute() else Path(__file__).with_name(params["key_image"])

@@ -4,8 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark import Attack, training
-from benchmark.data import to_float
+from benchmark.api import Attack, augment, schedule, set_train_mode, to_float
 
 EPS = 1e-7
 
@@ -110,17 +109,17 @@ class InputAware(Attack):
                                 weight_decay=recipe.weight_decay)
         opt_g = torch.optim.Adam(G.parameters(), lr=p["generator_lr"], betas=(0.5, 0.9))
         steps = recipe.epochs * max(1, len(data) // bs)
-        sched = training.schedule(opt_c, recipe, steps)
+        sched = schedule(opt_c, recipe, steps)
         n_bd, n_cross = max(1, int(p["p_attack"] * bs)), int(p["p_cross"] * bs)
         losses = []
         bar = tqdm(total=recipe.epochs * (len(data) // bs), desc="plant input-aware", leave=False,
                    disable=not ctx.progress, unit="step")
         for _ in range(recipe.epochs):
-            training.set_train_mode(model)
+            set_train_mode(model)
             G.train()
             for i1, i2 in self._batches(len(data), bs, g):
-                x = training.augment(to_float(data.images[i1], dev), recipe.augment, g)
-                x2 = training.augment(to_float(data.images[i2], dev), recipe.augment, g)
+                x = augment(to_float(data.images[i1], dev), recipe.augment, g)
+                x2 = augment(to_float(data.images[i2], dev), recipe.augment, g)
                 y = data.labels[i1].to(dev)
                 k = min(n_bd, len(x) - n_cross - 1)
                 bd = self._trigger(x[:k])

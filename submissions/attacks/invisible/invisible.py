@@ -2,19 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-from benchmark import Attack
-from benchmark.data import to_float
-
-KINDS = ("static", "adversarial")
+from benchmark.api import Attack, to_float
 
 
 class Invisible(Attack):
     def __init__(self, **params):
         super().__init__(**params)
-        if params["perturbation"] not in KINDS:
-            raise ValueError(f"perturbation must be one of {KINDS}, got {params['perturbation']!r}")
-        if not 0 < params["eps"] <= 255:
-            raise ValueError("eps (on the 0-255 scale) must lie in (0, 255]")
         self.delta = None  # (C, H, W), set by plant() or load_state()
 
     @property

@@ -1,8 +1,7 @@
 """The no-poison attack: the attacker's whole training budget with no poison. A control, not an attack."""
 import torch
 
-from benchmark import Attack
-from benchmark.plugins import Poisoning
+from benchmark.api import Attack, Poisoning
 
 
 class NoPoison(Attack):

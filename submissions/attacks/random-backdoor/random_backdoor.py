@@ -1,14 +1,12 @@
 """Random Backdoor (Salem et al. 2022): a random pattern at a random location, per input."""
 import torch
 
-from benchmark import Attack
+from benchmark.api import Attack
 
 
 class RandomBackdoor(Attack):
     def __init__(self, **params):
         super().__init__(**params)
-        if params["size"] < 1 or params["reference_resolution"] < 1:
-            raise ValueError("size and reference_resolution must be >= 1")
         self.generator = torch.Generator().manual_seed(params["seed"])
 
     def side(self, height: int) -> int:

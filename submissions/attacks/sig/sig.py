@@ -3,15 +3,10 @@ import math
 
 import torch
 
-from benchmark import Attack, Poisoning
+from benchmark.api import Attack, Poisoning
 
 
 class SIG(Attack):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["amplitude"] <= 0 or params["frequency"] <= 0 or not 0 <= params["target_share"] <= 1:
-            raise ValueError("amplitude and frequency must be > 0 and target_share in [0, 1]")
-
     def signal(self, width: int) -> torch.Tensor:
         """v(j) for j = 0..m-1, the same for every row and channel."""
         j = torch.arange(width, dtype=torch.float64)

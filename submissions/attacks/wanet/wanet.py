@@ -2,15 +2,10 @@
 import torch
 import torch.nn.functional as F
 
-from benchmark import Attack, Poisoning
+from benchmark.api import Attack, Poisoning
 
 
 class WaNet(Attack):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["k"] < 2 or params["s"] <= 0 or params["cross_ratio"] < 0:
-            raise ValueError("k must be >= 2, s > 0 and cross_ratio >= 0")
-
     def grid(self, height: int, width: int) -> torch.Tensor:
         """The fixed sampling grid (1, H, W, 2), in grid_sample's [-1, 1] coordinates."""
         k, s = self.params["k"], self.params["s"]

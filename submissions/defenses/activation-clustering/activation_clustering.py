@@ -6,21 +6,12 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.metrics import silhouette_score
 
-from benchmark import Defense, DefenseOutput
-from benchmark.training import embeddings
+from benchmark.api import Defense, DefenseOutput, embeddings
 
-REDUCERS = ("ica", "pca")
 
 
 class ActivationClustering(Defense):
     position = "data"
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["reducer"] not in REDUCERS:
-            raise ValueError(f"reducer must be one of {REDUCERS}, got {params['reducer']!r}")
-        if params["dims"] < 1 or not 0 < params["size_threshold"] < 0.5:
-            raise ValueError("dims >= 1 and size_threshold in (0, 0.5)")
 
     def reduce(self, a: np.ndarray, seed: int) -> np.ndarray:
         k = min(self.params["dims"], a.shape[1], len(a) - 1)

@@ -3,8 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark import Defense, DefenseOutput
-from benchmark.data import to_float
+from benchmark.api import Defense, DefenseOutput, to_float
 
 
 class _Noisy:
@@ -42,11 +41,6 @@ class _Noisy:
 
 
 class ANP(Defense):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if not 0 <= params["alpha"] <= 1 or params["eps"] < 0 or not 0 <= params["threshold"] <= 1:
-            raise ValueError("alpha in [0, 1], eps >= 0, threshold in [0, 1]")
-
     def run(self, model, clean, ctx):
         p, dev = self.params, ctx.device
         model.to(dev).eval()

@@ -1,9 +1,7 @@
 """Fine-Pruning (Liu et al. 2018): prune dormant last-layer channels, then fine-tune."""
 import torch
 
-from benchmark import Defense, DefenseOutput, models
-from benchmark.data import split
-from benchmark.scenario import Recipe
+from benchmark.api import Defense, DefenseOutput, Recipe, split
 
 
 def mean_activation(model, data, device, batch_size=256) -> torch.Tensor:
@@ -26,11 +24,6 @@ def accuracy(model, data, device) -> float:
 
 
 class FinePruning(Defense):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if not 0 < params["holdout"] < 1 or not 0 <= params["max_ratio"] <= 1 or params["max_acc_drop"] < 0:
-            raise ValueError("holdout in (0, 1), max_ratio in [0, 1], max_acc_drop >= 0")
-
     def prune(self, model, prune_set, holdout, device):
         order = torch.argsort(mean_activation(model, prune_set, device), stable=True).tolist()
         base = accuracy(model, holdout, device)
@@ -52,7 +45,6 @@ class FinePruning(Defense):
         p = self.params
         keep, held = split(clean.labels, p["holdout"], ctx.seed)
         pruned, base, history = self.prune(model, clean.subset(keep), clean.subset(held), ctx.device)
-        models.set_protocol(model, "full")
         ctx.train(model, clean, Recipe(epochs=p["finetune_epochs"], lr=p["lr"], batch_size=p["batch_size"]),
                   desc="fine-pruning finetune")
         return DefenseOutput(model=model, info={

@@ -3,10 +3,8 @@ extent (or a chosen layer, or the last feature map), then a brief fine-tune."""
 import torch
 from torch import nn
 
-from benchmark import Defense, DefenseOutput, models
-from benchmark.scenario import Recipe
+from benchmark.api import Defense, DefenseOutput, Recipe
 
-STATISTICS = ("linf", "l2", "l1")
 
 
 def _bn(model, layer: str) -> nn.BatchNorm2d:
@@ -89,15 +87,6 @@ def robust_z(s: torch.Tensor) -> torch.Tensor:
 
 
 class LinfPruning(Defense):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["statistic"] not in STATISTICS:
-            raise ValueError(f"statistic must be one of {STATISTICS}, got {params['statistic']!r}")
-        if params["min_map"] < 1:
-            raise ValueError(f"min_map must be >= 1, got {params['min_map']}")
-        if not 0 <= params["max_ratio"] <= 1 or not 0 <= params["ratio"] <= 1:
-            raise ValueError("ratio and max_ratio must lie in [0, 1]")
-
     def select(self, z: torch.Tensor) -> list[int]:
         order = torch.argsort(z, descending=True, stable=True)
         if self.params["ratio"] > 0:
@@ -125,7 +114,6 @@ class LinfPruning(Defense):
                     bn.weight[pruned] = 0.0
                     bn.bias[pruned] = 0.0
             keep_pruned()
-        models.set_protocol(model, "full")
         recipe = Recipe(epochs=p["finetune_epochs"], lr=p["lr"], batch_size=p["batch_size"])
         ctx.train(model, clean, recipe, desc="linf-pruning finetune", after_step=keep_pruned)
         return DefenseOutput(

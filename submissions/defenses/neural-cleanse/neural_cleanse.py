@@ -5,9 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import Defense, DefenseOutput, models
-from benchmark.data import ImageSet, to_float, to_uint8
-from benchmark.scenario import Recipe
+from benchmark.api import Defense, DefenseOutput, ImageSet, Recipe, to_float, to_uint8
 
 
 def _median(values: list) -> Fraction:
@@ -45,11 +43,6 @@ def stamp(x, mask, pattern):
 
 
 class NeuralCleanse(Defense):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["steps"] < 1 or params["init_cost"] <= 0 or not 0 < params["success"] <= 1:
-            raise ValueError("steps >= 1, init_cost > 0, success in (0, 1]")
-
     def reverse(self, model, x_all, target, ctx):
         """Smallest mask (and its pattern) that sends the clean budget to `target`: minimise
         CE(f(stamp(x)), t) + cost * |m|_1, with the paper's cost schedule (raise the cost while the trigger
@@ -124,7 +117,6 @@ class NeuralCleanse(Defense):
             mask, pattern = triggers[flagged[i % len(flagged)]]
             x[j] = stamp(x[j:j + 1], mask.cpu(), pattern.cpu())[0]
         unlearn = ImageSet(to_uint8(x), clean.labels.clone(), list(clean.classes))
-        models.set_protocol(model, "full")
         ctx.train(model, unlearn, Recipe(epochs=p["unlearn_epochs"], lr=p["lr_unlearn"], batch_size=p["batch_size"]),
                   desc="neural-cleanse unlearning")
         info["unlearned_with"] = len(chosen)

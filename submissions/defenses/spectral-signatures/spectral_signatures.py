@@ -1,8 +1,7 @@
 """Spectral Signatures (Tran, Li, Madry 2018): poisoned samples stand out along the top singular direction."""
 import torch
 
-from benchmark import Defense, DefenseOutput
-from benchmark.training import embeddings
+from benchmark.api import Defense, DefenseOutput, embeddings
 
 
 def spectral_scores(r: torch.Tensor) -> torch.Tensor:
@@ -14,11 +13,6 @@ def spectral_scores(r: torch.Tensor) -> torch.Tensor:
 
 class SpectralSignatures(Defense):
     position = "data"
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if not 0 < params["eps"] < 1:
-            raise ValueError("eps (the assumed upper bound on the poisoned share) must lie in (0, 1)")
 
     def inspect(self, model, train, ctx):
         r = embeddings(model, train, device=ctx.device)

@@ -1,10 +1,8 @@
 """STRIP (Gao et al. 2019): low prediction entropy under superimposition flags a trojaned input."""
 import torch
 
-from benchmark import Defense, DefenseOutput
-from benchmark.data import to_float
+from benchmark.api import Defense, DefenseOutput, to_float
 
-BLENDS = ("add", "average")
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -14,13 +12,6 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class STRIP(Defense):
-    def __init__(self, **params):
-        super().__init__(**params)
-        if params["blend"] not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {params['blend']!r}")
-        if params["n"] < 1 or params["batch"] < 1:
-            raise ValueError("n and batch must be >= 1")
-
     def superimpose(self, x: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) x (N, C, H, W) -> (B * N, C, H, W), input-major."""
         s = x[:, None] + backgrounds[None]
