@@ -71,35 +71,32 @@ def _check(row: Row, before_ca: Optional[float]) -> None:
         row.checks.append((f"{key.replace('_', ' ')} {bound}", value, ok))
 
 
-def table(cells: list[dict], scenario: str | None = None) -> tuple[list[Row], dict]:
+def table(cells: list, scenario: str | None = None) -> tuple[list[Row], dict]:
     """Our rows (every attack x defense found, the reference rows first) for the newest version of `scenario`
     (default: the reference's scenario) in `cells`, and the reference."""
     ref = reference()
     ref["published_for"] = ref["scenario"]  # the setting the published figures were measured in
     name = ref["scenario"] = scenario or ref["scenario"]
-    mine = [c for c in cells if c["scenario"]["name"] == name and c["status"] == "ok"]
+    mine = [c for c in cells if c.scenario.name == name and c.ok]
     if not mine:
         return [], ref
-    version = max(c["scenario"]["version"] for c in mine)
-    mine = [c for c in mine if c["scenario"]["version"] == version]
+    version = max(c.scenario.version for c in mine)
+    mine = [c for c in mine if c.scenario.version == version]
     ref["version"] = version
     groups: dict[tuple, list] = {}
     for c in mine:
-        ctrl = bool(c.get("control"))
-        key = ("clean-upstream" if ctrl else c["attack"]["id"], (c.get("defense") or {}).get("id", "none"), ctrl)
+        ctrl = c.role == "clean-upstream"
+        key = (c.attack_id, c.defense_id or "none", ctrl)
         groups.setdefault(key, []).append(c)
     rows: dict[tuple, Row] = {}
     for (attack, defense, ctrl), cs in groups.items():
-        if defense == "none":
-            m = [c["metrics"]["transfer"]["backdoored"] for c in cs]
-        else:
-            m = [c["metrics"]["defense"] for c in cs]
+        m = [c.metrics.transfer.backdoored if defense == "none" else c.metrics.defense for c in cs]
         keys = ("ca", "asr", "ra", "der", "model_score", "input_auroc", "sample_auroc")
-        ours = {k: _stat([x.get(k) for x in m]) for k in keys}
+        ours = {k: _stat([getattr(x, k, None) for x in m]) for k in keys}
         # a detector that names the target class (Neural Cleanse's target_guess): 1 where it is the attack's target
-        found = [float(c["info"]["target_guess"] == c["metrics"]["transfer"]["backdoored"]["target"])
-                 for c in cs if not ctrl and isinstance(c.get("info"), dict) and "target_guess" in c["info"]
-                 and c["metrics"].get("transfer")]
+        found = [float(c.info["target_guess"] == c.metrics.transfer.backdoored.target)
+                 for c in cs if not ctrl and isinstance(c.info, dict) and "target_guess" in c.info
+                 and c.metrics.transfer is not None]
         ours["target_found"] = _stat(found)
         rows[(attack, defense, ctrl)] = Row(attack, defense, {k: v for k, v in ours.items() if v.values}, len(cs),
                                             control=ctrl)

@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
     cells = runner.run(attacks, defenses, args.seeds)
     wall = time.perf_counter() - t0
     print_table(cells, f"{sc.name} v{sc.version}")
-    failed = sum(c["status"] != "ok" for c in cells)
+    failed = sum(not c.ok for c in cells)
     print(f"{len(cells)} cells ({failed} failed) in {wall:.1f} s; results in {args.results}/{sc.name}-v{sc.version}/; "
           f"{len(runner.store.computed)} stages computed, the rest reused from {args.workdir}")
     return 1 if failed and args.strict else 0
@@ -229,7 +229,7 @@ def cmd_headline(args) -> int:
     from . import results
     from .report import headline_markdown, print_headline
     cells = [c for c in results.load(Path(args.results))
-             if not args.scenario or any(fnmatch.fnmatch(c["scenario"]["name"], g) for g in args.scenario)]
+             if not args.scenario or any(fnmatch.fnmatch(c.scenario.name, g) for g in args.scenario)]
     if args.markdown:
         print(headline_markdown(cells), end="")
     else:

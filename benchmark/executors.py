@@ -56,7 +56,7 @@ def run_task(job: dict) -> dict:
             cells = runner.cell(next(a for a in sc.attacks if a.id == job["attack"]), job["seed"])
         else:
             cells = runner.controls(job["seed"])
-        return {"job": job, "ok": True, "cells": len(cells), "failed": sum(c["status"] != "ok" for c in cells),
+        return {"job": job, "ok": True, "cells": len(cells), "failed": sum(not c.ok for c in cells),
                 "computed": len(runner.store.computed) - computed_before, "wall": time.perf_counter() - t0}
     except BaseException as e:  # noqa: BLE001 - reported, the grid goes on
         return {"job": job, "ok": False, "error": f"{type(e).__name__}: {e}",

@@ -20,20 +20,20 @@ from typing import Callable, Optional
 
 import torch
 
-from . import atomic, metrics, models, training
+from . import metrics, models, training
 from .config import to_dict
 from .data import ImageSet, load as load_data, split
 from .errors import BenchError
 from .plugins import Attack, Context, Defense, Poisoning
 from .provenance import collect
 from .registry import Registry
-from .results import scoring_defenses, validate
+from .results import scoring_defenses
+from .resultfile import CLEAN_UPSTREAM, AttackRef, CellError, DefenseRef, Metrics, Result, ScenarioRef
+from .resultfile import read_if_valid, validate, write as write_result
 from .scenario import PluginSpec, Scenario
 from .store import Artifact, Store
 from .zoo import Checkpoint, Zoo
 
-RESULT_SCHEMA = 1
-CONTROL = {"id": "clean-upstream", "name": "clean-upstream", "params": {}, "info": None}  # the control "attack"
 
 
 @dataclass
@@ -400,7 +400,7 @@ class Runner:
     def _controls(self, defenses: list[PluginSpec], seed: int) -> list[dict]:
         """Each defense on the model transferred from the CLEAN upstream (seeds: the scenario's `clean_seeds`):
         the negatives of model-level detection, and the defense's cost on a model with nothing to remove."""
-        base = {"attack": dict(CONTROL), "seed": seed, "control": True}
+        base = {"role": CLEAN_UPSTREAM, "attack": None, "seed": seed}
         stages: dict[str, Artifact] = {}
         out = []
         try:
@@ -427,16 +427,16 @@ class Runner:
         return self._cells(attack, defenses, seed)
 
     def _cells(self, attack: PluginSpec, defenses: list[PluginSpec], seed: int) -> list[dict]:
-        base = {"attack": {"id": attack.id, "name": attack.name, "info": None,
-                           "params": self.registry.resolve_params("attack", attack.name, attack.params),
-                           "code": self.registry.code_hash("attack", attack.name)}, "seed": seed}
-        if not self.registry.plugin_class("attack", attack.name).plants_backdoor:
-            base["attack"]["null"] = True  # a control: negatives of model-level detection
+        plants = self.registry.plugin_class("attack", attack.name).plants_backdoor
+        base = {"role": "backdoored" if plants else "null-attack",  # a null attack: negatives of model detection
+                "attack": AttackRef(attack.id, attack.name,
+                                    self.registry.resolve_params("attack", attack.name, attack.params),
+                                    self.registry.code_hash("attack", attack.name)), "seed": seed}
         stages: dict[str, Artifact] = {}
         try:
             stages["upstream"] = self.clean_upstream()
             stages["backdoor"] = self.backdoored_upstream(attack, seed)
-            base["attack"]["info"] = stages["backdoor"].meta.get("info")
+            base["attack"].info = stages["backdoor"].meta.get("info")
             clean = self._stage(stages, "downstream_clean",
                                 self.downstream(stages["upstream"], seed, "from clean upstream"))
             delivered = self._stage(stages, "downstream",
@@ -499,58 +499,56 @@ class Runner:
             self.log(f"[media] {attack.id}: could not draw the trigger examples: {type(e).__name__}: {e}")
 
     def _write(self, base: dict, defense: Optional[PluginSpec], seed: int, stages: dict, scores: Optional[dict],
-               info: Optional[dict] = None, error: Optional[BaseException] = None) -> dict:
+               info: Optional[dict] = None, error: Optional[BaseException] = None) -> Result:
         sc = self.scenario
-        res = {
-            "schema": RESULT_SCHEMA,
-            "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256, "recipe": sc.recipe,
-                         **({} if sc.downstream.transfers else {"protocol": sc.downstream.protocol})},
-            **base,
-            "defense": None if defense is None else {
-                "id": defense.id, "name": defense.name,
-                "params": self.registry.resolve_params("defense", defense.name, defense.params),
-                "code": self.registry.code_hash("defense", defense.name)},
-            "status": "ok" if error is None else "failed",
-            "metrics": scores,
-            "info": _labelled(info),
-            "artifacts": {k: v.key for k, v in stages.items()},
+        res = Result(
+            scenario=ScenarioRef(sc.name, sc.version, sc.sha256, sc.recipe,
+                                 None if sc.downstream.transfers else sc.downstream.protocol),
+            role=base["role"], attack=base["attack"], seed=seed,
+            defense=None if defense is None else DefenseRef(
+                defense.id, defense.name, self.registry.resolve_params("defense", defense.name, defense.params),
+                self.position(defense), self.registry.code_hash("defense", defense.name)),
+            status="ok" if error is None else "failed",
+            metrics=Metrics.from_dict(scores, f"{sc.name}: the harness's scores"),
+            info=_labelled(info),
+            artifacts={k: v.key for k, v in stages.items()},
             # the weights behind each key: a stage retrained elsewhere (other hardware) keeps its key, not its sha
-            "weights": {k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model},
-            "wall_time_s": {k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
-            "provenance": {**collect(self.device), **({"isolation": stages["defense"].meta["isolation"]}
-                                                       if "isolation" in getattr(stages.get("defense"), "meta", {})
-                                                       else {})},
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+            weights={k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model},
+            wall_time_s={k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
+            upstream_build=stages["upstream"].meta["model"]["sha256"] if "upstream" in stages else None,
+            provenance={**collect(self.device), **({"isolation": stages["defense"].meta["isolation"]}
+                                                   if "isolation" in getattr(stages.get("defense"), "meta", {})
+                                                   else {})},
+            finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         if error is not None:
-            res["error"] = {"type": type(error).__name__, "message": str(error),
-                            "traceback": traceback.format_exception(error)[-6:]}
-            self.log(f"[failed] {base['attack']['id']} / {defense.id if defense else 'none'} / seed {seed}: "
+            res.error = CellError(type(error).__name__, str(error), traceback.format_exception(error)[-6:])
+            self.log(f"[failed] {res.attack_id} / {defense.id if defense else 'none'} / seed {seed}: "
                      f"{type(error).__name__}: {error}")
-        path = cell_path(self.results, sc, base["attack"]["id"], defense.id if defense else None, seed)
-        text = json.dumps(_finite(res), indent=1, sort_keys=True, allow_nan=False)
-        validate(json.loads(text), str(path))  # a harness bug fails its first cell, not every leaderboard read after
-        kept = _unchanged(path, json.loads(text))
+        path = cell_path(self.results, sc, res.attack_id, defense.id if defense else None, seed)
+        validate(json.loads(res.dumps()), str(path))  # a harness bug fails its first cell, not every later read
+        kept = _unchanged(path, res)
         if kept is not None:  # the same finished cell from the same stages: keep its file and its provenance
             return kept
-        atomic.write_text(path, text)  # two runs writing the same cell: one whole file or the other
+        write_result(path, res)  # validated; atomic: two runs writing the same cell leave one whole file
         return res
 
 
-def _unchanged(path: Path, res: dict) -> Optional[dict]:
-    """The result already at `path` when it is the same finished cell: status ok, same scenario hash, same
-    artifacts (so the same stages computed its numbers), the same weights (where the file records them) and the
-    same metrics and info. Rewriting it would only replace the provenance of the code that computed those stages
-    with that of the code that re-read them."""
-    if res["status"] != "ok" or not path.is_file():
+def _unchanged(path: Path, res: Result) -> Optional[Result]:
+    """The result already at `path` when it is the same finished cell: status ok, same scenario, same
+    artifacts (so the same stages computed its numbers), the same weights and the same metrics and info. Rewriting
+    it would only replace the provenance of the code that computed those stages with that of the code that re-read
+    them."""
+    if not res.ok or not path.is_file():
         return None
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    old = read_if_valid(path)
+    if old is None:
         return None
-    same = all(old.get(k) == res.get(k) for k in ("status", "scenario", "attack", "defense", "seed", "artifacts",
-                                                  "metrics", "info", "control"))
-    return old if same and old.get("weights", res["weights"]) == res["weights"] else None
+    new = Result.from_dict(res.to_dict())  # as it would read back (non-finite scores as null)
+    same = all(getattr(old, k) == getattr(new, k) for k in ("status", "scenario", "role", "attack", "defense", "seed",
+                                                            "artifacts", "metrics", "info"))
+    # a file from before weights were recorded (migrated with none) says nothing against these
+    return old if same and (not old.weights or old.weights == new.weights) else None
 
 
 def _labelled(o):
@@ -578,15 +576,3 @@ def _score(v) -> Optional[float]:
 
 def _cpu(t):
     return None if t is None else torch.as_tensor(t).detach().flatten().cpu()
-
-
-def _finite(o):
-    """NaN (e.g. an ASR with no non-target input) or inf is written as null: JSON has neither. (A plugin's
-    free-form `info` keeps them as the strings 'nan', 'inf', '-inf': see _labelled.)"""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_finite(v) for v in o]
-    return o

@@ -3,7 +3,6 @@ without downloading or training anything (models are built on the meta device to
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
 from dataclasses import dataclass
 from statistics import median
@@ -190,29 +189,26 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
     finished cells is at hand, so a stage a finished file records (an attack's injection and transfer at a seed,
     a seed's clean transfer, shared by its attacks and controls) is not redone; a stage never timed in this
     scenario is counted in `unmeasured`, not guessed."""
+    from .resultfile import read_if_valid
     from .tasks import finished, plan_tasks, same_scenario, task_files
     folder = Path(results) / f"{sc.name}-v{sc.version}"
     rows = []
     for f in folder.glob("*/*/seed-*.json"):
-        try:
-            r = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        if r.get("status") == "ok" and same_scenario(r, sc, registry):
+        r = read_if_valid(f)
+        if r is not None and r.ok and same_scenario(r, sc, registry):
             rows.append((f, r))
     hardware = Counter(hardware_label(r) for _, r in rows).most_common(1)[0][0] if rows else "-"
     timed: dict = {}  # (stage, attack or defense id or None) -> {artifact key: seconds}
     spent: dict = {}  # (stage, artifact key) -> seconds, on any hardware
     cached = set()    # ("backdoor", attack id, seed) and ("clean", seed): stages the store holds
     for f, r in rows:
-        attack, defense = (r.get("attack") or {}).get("id"), (r.get("defense") or {}).get("id")
-        wall = r.get("wall_time_s") or {}
-        artifact = {stage: (r.get("artifacts") or {}).get(stage, f"{f}:{stage}") for stage in wall}
+        attack, defense, wall = r.attack_id, r.defense_id, r.wall_time_s
+        artifact = {stage: r.artifacts.get(stage, f"{f}:{stage}") for stage in wall}
         spent.update({(stage, artifact[stage]): secs for stage, secs in wall.items()})
         if "backdoor" in wall and "downstream" in wall:
-            cached.add(("backdoor", attack, r.get("seed")))
+            cached.add(("backdoor", attack, r.seed))
         if "downstream_clean" in wall:
-            cached.add(("clean", r.get("seed")))
+            cached.add(("clean", r.seed))
         if hardware_label(r) != hardware:
             continue
         for stage, secs in wall.items():
@@ -249,7 +245,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
         for d in missing:
             if d is not None:
                 add("defense", d)
-    defended = {(r.get("defense") or {}).get("id") for _, r in rows if not r.get("control")}
+    defended = {r.defense_id for _, r in rows if r.role == "backdoored"}
     return Progress(sc, done, total, left["seconds"], left["unmeasured"], hardware,
                     all(d.id in defended for d in sc.defenses), sum(spent.values()))
 

@@ -85,7 +85,9 @@ def collect(device: torch.device) -> dict:
     return {"git": git_state(), "packages": packages(), "hardware": hardware(device)}
 
 
-def hardware_label(result: dict) -> str:
-    """Where a result file's numbers were computed, in a few words: 'cpu, 2 cores', 'NVIDIA H200, 16 cores'."""
-    hw = (result.get("provenance") or {}).get("hardware") or {}
+def hardware_label(result) -> str:
+    """Where a result's numbers were computed, in a few words: 'cpu, 2 cores', 'NVIDIA H200, 16 cores'. Takes a
+    resultfile.Result or a file's JSON."""
+    prov = result.get("provenance") if isinstance(result, dict) else result.provenance
+    hw = (prov or {}).get("hardware") or {}
     return f"{hw.get('gpu') or hw.get('device', '?')}, {hw.get('cpu_count', '?')} cores"

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .metrics import mean_ci
+from .resultfile import Result
 from .results import model_detection_left_out, model_detection_rows
 
 COLUMNS = [("CA", "ca"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"), ("input AUROC", "input_auroc"),
@@ -23,49 +24,48 @@ def fmt(values) -> str:
     return f"{m:.3f}" if h != h else f"{m:.3f} ± {h:.3f}"
 
 
-def rows(cells: list[dict]) -> dict[str, list[tuple[str, dict[str, list], int, str]]]:
+def rows(cells: list[Result]) -> dict[str, list[tuple[str, dict[str, list], int, str]]]:
     """attack id -> [(row label, {metric: values over seeds}, n seeds, failure note)]"""
     by_attack = defaultdict(list)
     for c in cells:
-        if not c.get("control") and not c["attack"].get("null"):
-            by_attack[c["attack"]["id"]].append(c)
+        if c.role == "backdoored":
+            by_attack[c.attack.id].append(c)
     out = {}
     for attack, cs in by_attack.items():
-        base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
+        base = [c for c in cs if c.defense is None and c.ok]
         table = []
-        for label, path in (("upstream clean", ("upstream", "clean")),
-                            ("upstream backdoored", ("upstream", "backdoored")),
-                            ("downstream from clean upstream", ("transfer", "clean")),
-                            ("downstream from backdoored", ("transfer", "backdoored"))):
+        for label, section, side in (("upstream clean", "upstream", "clean"),
+                                     ("upstream backdoored", "upstream", "backdoored"),
+                                     ("downstream from clean upstream", "transfer", "clean"),
+                                     ("downstream from backdoored", "transfer", "backdoored")):
             vals = defaultdict(list)
             for c in base:
-                for k, v in c["metrics"][path[0]][path[1]].items():
+                for k, v in getattr(getattr(c.metrics, section), side).to_dict().items():
                     vals[k].append(v)
             table.append((label, vals, len(base), ""))
-        defenses = sorted({c["defense"]["id"] for c in cs if c["defense"] is not None})
-        for d in defenses:
-            dc = [c for c in cs if c["defense"] is not None and c["defense"]["id"] == d]
-            ok = [c for c in dc if c["status"] == "ok"]
+        for d in sorted({c.defense.id for c in cs if c.defense is not None}):
+            dc = [c for c in cs if c.defense_id == d]
+            ok = [c for c in dc if c.ok]
             vals = defaultdict(list)
             for c in ok:
-                for k, v in c["metrics"]["defense"].items():
+                for k, v in c.metrics.defense.to_dict().items():
                     vals[k].append(v)
-            failed = [c for c in dc if c["status"] != "ok"]
-            note = (f"{len(failed)} failed: {failed[0]['error']['type']}: {failed[0]['error']['message'][:80]}"
+            failed = [c for c in dc if not c.ok]
+            note = (f"{len(failed)} failed: {failed[0].error.type}: {failed[0].error.message[:80]}"
                     if failed else "")
-            flagged = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
+            flagged = sum(bool(c.metrics.defense.nonfinite) for c in ok)
             if flagged:
                 note = "; ".join(x for x in (note, f"NaN/inf scores in {flagged} cell(s), counted 0.5") if x)
             table.append((f"  + {d}", vals, len(ok), note))
-        failed_attack = [c for c in cs if c["defense"] is None and c["status"] != "ok"]
+        failed_attack = [c for c in cs if c.defense is None and not c.ok]
         if failed_attack:
-            e = failed_attack[0]["error"]
-            table.append(("attack failed", {}, 0, f"{e['type']}: {e['message'][:120]}"))
+            e = failed_attack[0].error
+            table.append(("attack failed", {}, 0, f"{e.type}: {e.message[:120]}"))
         out[attack] = table
     return out
 
 
-def print_table(cells: list[dict], title: str, console: Console | None = None) -> None:
+def print_table(cells: list[Result], title: str, console: Console | None = None) -> None:
     console = console or Console(width=max(Console().width, 150))
     for attack, table_rows in rows(cells).items():
         t = Table(title=f"{title} · attack {attack}", title_justify="left")

@@ -1,56 +1,18 @@
-"""Result files: validation against the shipped JSON Schema, loading, and aggregation over seeds."""
+"""Aggregation of result files over seeds: the headline, attack and defense rows, model-level detection. Files are
+read and written by resultfile (the typed record)."""
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from .builds import upstream_build_labels, upstream_builds
-from .errors import BenchError
 from .metrics import mean_ci, model_detection
-
-SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
-
-
-def validate(result: dict, where: str = "result") -> None:
-    """Raise BenchError listing every schema violation with its JSON path."""
-    import jsonschema
-
-    v = jsonschema.Draft202012Validator(SCHEMA)
-    errors = []
-    for e in v.iter_errors(result):
-        while e.context:  # an allOf/oneOf failure: report its most specific cause
-            e = jsonschema.exceptions.best_match(e.context)
-        errors.append(e)
-    errors.sort(key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = [f"  at {'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors[:10]]
-        raise BenchError(f"{where}: does not match the result schema (benchmark/schemas/result.schema.json):\n"
-                         + "\n".join(lines))
+from .provenance import hardware_label
+from .resultfile import Result, load, read_if_valid  # noqa: F401  (load: the results folder, for callers)
 
 
-def load(root: Path) -> list[dict]:
-    """Every result file under root, validated; each gets a `_path` (relative to root)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BenchError(f"{root}: no such results folder; pass --results with the folder your runs wrote "
-                         "(bdbench run/grid --results), e.g. leaderboard/results in a checkout")
-    out = []
-    for p in sorted(root.rglob("*.json")):
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise BenchError(f"{p}: not valid JSON: {e}") from None
-        validate(r, str(p))
-        r["_path"] = p.relative_to(root).as_posix()
-        out.append(r)
-    return out
-
-
-def scenario_key(r: dict) -> tuple[str, int]:
-    return r["scenario"]["name"], r["scenario"]["version"]
+def scenario_key(r: Result) -> tuple[str, int]:
+    return r.scenario.name, r.scenario.version
 
 
 @dataclass
@@ -78,57 +40,64 @@ class Stat:
         return abs(self.mean - other.mean) <= a + b
 
 
-def _stats(rows: list[dict], getter) -> Stat:
+def _stats(rows: list, getter) -> Stat:
     s = Stat()
     for r in rows:
         try:
             s.add(getter(r))
-        except (KeyError, TypeError):
+        except (AttributeError, TypeError):  # a section the cell lacks, or a score it lacks (None) in arithmetic
             pass
     return s
 
 
-def is_control(c: dict) -> bool:
-    return bool(c.get("control"))
+def build_labels(cells: list[Result]) -> dict:
+    """upstream_build -> its label in words (Result.build_label), unique among these cells: two builds whose
+    weights' sha256 share the first 8 hex digits are told with 16, then all 64."""
+    builds = sorted({c.upstream_build for c in cells}, key=lambda b: (b is None, b or ""))
+    short = {b: Result.label_of(b) for b in builds}
+    out = {}
+    for b in builds:
+        clash = [o for o in builds if o != b and short[o] == short[b]]
+        n = next((n for n in (16, 64) if not any(o[:n] == b[:n] for o in clash)), 64) if clash else 0
+        out[b] = f"upstream {b[:n]}" if n else short[b]
+    return out
 
 
-def gives_model_score(c: dict) -> bool:
+def gives_model_score(c: Result) -> bool:
     """A finished cell of an attack that plants a backdoor, where the defense gave a model score: such a
     defense needs the controls (clean-upstream and null-attack cells) that model-level detection compares with."""
-    m = ((c.get("metrics") or {}).get("defense") or {})
-    return not is_control(c) and not c["attack"].get("null") and c["status"] == "ok" and \
-        (m.get("model_score") is not None or "model_score" in (m.get("nonfinite") or {}))
+    m = c.metrics.defense if c.metrics else None
+    return c.role == "backdoored" and c.ok and m is not None and \
+        (m.model_score is not None or "model_score" in (m.nonfinite or {}))
 
 
-def unsandboxed(cells: list[dict]) -> dict[str, int]:
+def unsandboxed(cells: list[Result]) -> dict[str, int]:
     """How many cells' defenses ran outside the sandbox, by how ('process', 'none'); files written before the
     sandbox existed (2026-12-07) do not say and are not counted."""
-    return dict(sorted(Counter(c["provenance"]["isolation"] for c in cells
-                               if (c.get("provenance") or {}).get("isolation") in ("process", "none")).items()))
+    return dict(sorted(Counter(c.provenance.get("isolation") for c in cells
+                               if c.provenance.get("isolation") in ("process", "none")).items()))
 
 
 def scoring_defenses(folder: Path, defense_ids: list[str]) -> list[str]:
     """Those of `defense_ids` that gave a model score (gives_model_score) in a result file of a scenario's results
     `folder`: read from the files, so a grid's separate tasks agree on which controls to run."""
-    return [d for d in defense_ids
-            if any(gives_model_score(json.loads(f.read_text())) for f in Path(folder).glob(f"*/{d}/seed-*.json"))]
+    def scored(f):
+        r = read_if_valid(f)
+        return r is not None and gives_model_score(r)
+    return [d for d in defense_ids if any(scored(f) for f in Path(folder).glob(f"*/{d}/seed-*.json"))]
 
 
-def _detection_groups(cells: list[dict]) -> dict:
-    """(defense id, build label) -> (backdoored scores, {negative kind: scores}) over cells with a defense."""
-    by = defaultdict(lambda: ([], {"clean-upstream": [], "null-injection": []}))
-    for c, build in zip(cells, upstream_build_labels(cells)):
-        if c["defense"] is None:
+def _detection_groups(cells: list[Result]) -> dict:
+    """(defense id, build label) -> (backdoored scores, {negative kind: scores}) over cells with a defense. Builds
+    are told apart by `upstream_build` (labels of two builds could share a sha256 prefix; then they take more)."""
+    by = defaultdict(lambda: ([], {"clean-upstream": [], "null-attack": []}))
+    label = build_labels(cells)
+    for c in cells:
+        if c.defense is None:
             continue
-        pos, neg = by[(c["defense"]["id"], build)]
-        m = (c.get("metrics") or {}).get("defense") or {}
-        score = m.get("model_score") if c["status"] == "ok" else None
-        if is_control(c):
-            neg["clean-upstream"].append(score)
-        elif c["attack"].get("null"):
-            neg["null-injection"].append(score)
-        else:
-            pos.append(score)
+        pos, neg = by[(c.defense.id, label[c.upstream_build])]
+        score = c.metrics.defense.model_score if c.ok and c.metrics and c.metrics.defense else None
+        (pos if c.role == "backdoored" else neg[c.role]).append(score)
     return by
 
 
@@ -147,14 +116,14 @@ def model_detection_rows(cells: list[dict]) -> list[dict]:
     negatives: models transferred from the clean upstream (control cells) and from null-attack upstreams (the same
     injection fine-tuning without poison). `by_negative` gives the AUROC against each kind alone. A failed cell or
     a missing score counts 0.5 (see metrics). Positives and negatives are compared only within one build of the
-    clean upstream (builds.upstream_build_labels): a model score shifts with the clean model every transfer
+    clean upstream (the cell's `upstream_build`): a model score shifts with the clean model every transfer
     descends from, so pooling builds would measure the hardware as much as the backdoor. One row per defense and
     build that has both positives and negatives; `build` names it whenever the cells with a defense span several
     builds (else None; builds are told over all the cells). Cells of a build that gives no row:
     `model_detection_left_out`."""
     rows, groups = [], _detection_groups(cells)
     for (d, build), (pos, neg) in sorted(groups.items()):
-        negs = neg["clean-upstream"] + neg["null-injection"]
+        negs = neg["clean-upstream"] + neg["null-attack"]
         if _comparable(pos, negs):
             rows.append({"defense": d, "build": build, **model_detection(pos, negs),
                          "by_negative": {k: model_detection(pos, v)["auroc"] for k, v in neg.items() if v}})
@@ -174,10 +143,10 @@ def model_detection_left_out(cells: list[dict]) -> list[dict]:
     if not _several_builds(groups):
         return []
     scoring = {d for (d, _), (pos, neg) in groups.items()
-               if any(v is not None for v in pos + neg["clean-upstream"] + neg["null-injection"])}
+               if any(v is not None for v in pos + neg["clean-upstream"] + neg["null-attack"])}
     out = []
     for (d, build), (pos, neg) in sorted(groups.items()):
-        negs = neg["clean-upstream"] + neg["null-injection"]
+        negs = neg["clean-upstream"] + neg["null-attack"]
         if d in scoring and not _comparable(pos, negs):
             why = ("no negative transfers" if pos and not negs else "no backdoored transfers" if negs and not pos
                    else "no model scores")
@@ -185,30 +154,30 @@ def model_detection_left_out(cells: list[dict]) -> list[dict]:
     return out
 
 
-def attack_rows(cells: list[dict]) -> list[dict]:
+def attack_rows(cells: list[Result]) -> list[dict]:
     """One row per attack: CA and ASR before transfer, after transfer, the clean-upstream baseline, and the
     best detection AUROC any defense reaches against it (lower = stealthier)."""
     by = defaultdict(list)
     for c in cells:
-        if not is_control(c) and not c["attack"].get("null"):
-            by[c["attack"]["id"]].append(c)
+        if c.role == "backdoored":
+            by[c.attack.id].append(c)
     rows = []
     for attack, cs in sorted(by.items()):
-        base = [c for c in cs if c["defense"] is None and c["status"] == "ok"]
+        base = [c for c in cs if c.defense is None and c.ok]
         aurocs = defaultdict(Stat)
         for c in cs:
-            if c["defense"] is not None and c["status"] == "ok":
-                aurocs[c["defense"]["id"]].add(c["metrics"]["defense"].get("input_auroc"))
+            if c.defense is not None and c.ok:
+                aurocs[c.defense.id].add(c.metrics.defense.input_auroc)
         best = max(((d, s) for d, s in aurocs.items() if s.values), key=lambda t: t[1].mean, default=(None, Stat()))
         rows.append({
-            "attack": attack, "name": cs[0]["attack"]["name"], "seeds": sorted({c["seed"] for c in base}),
-            "ca": _stats(base, lambda r: r["metrics"]["upstream"]["backdoored"]["ca"]),
-            "asr_upstream": _stats(base, lambda r: r["metrics"]["upstream"]["backdoored"]["asr"]),
-            "asr_transfer": _stats(base, lambda r: r["metrics"]["transfer"]["backdoored"]["asr"]),
-            "asr_baseline": _stats(base, lambda r: r["metrics"]["transfer"]["clean"]["asr"]),
-            "ca_transfer": _stats(base, lambda r: r["metrics"]["transfer"]["backdoored"]["ca"]),
+            "attack": attack, "name": cs[0].attack.name, "seeds": sorted({c.seed for c in base}),
+            "ca": _stats(base, lambda r: r.metrics.upstream.backdoored.ca),
+            "asr_upstream": _stats(base, lambda r: r.metrics.upstream.backdoored.asr),
+            "asr_transfer": _stats(base, lambda r: r.metrics.transfer.backdoored.asr),
+            "asr_baseline": _stats(base, lambda r: r.metrics.transfer.clean.asr),
+            "ca_transfer": _stats(base, lambda r: r.metrics.transfer.backdoored.ca),
             "best_auroc": best[1], "best_auroc_by": best[0],
-            "failed": sum(c["status"] != "ok" for c in cs if c["defense"] is None),
+            "failed": sum(not c.ok for c in cs if c.defense is None),
         })
     return rows
 
@@ -219,37 +188,56 @@ test set, same label space) reaches this; below it the lift cannot say whether a
 because there was none to survive, and the headline marks the entry instead of reading it as removal."""
 
 
-def transfers(c: dict) -> bool:
-    """Whether a cell's scenario transfers the delivered model to a downstream task (protocol none does not)."""
-    return c["scenario"].get("protocol", "full") != "none"
+def upstream_builds(cells: list[Result], chosen=None) -> list[dict]:
+    """The builds of one scenario's clean upstream (`Result.upstream_build`) used by the `chosen(cell)` cells
+    (default: every finished cell with upstream scores), in the order first finished (ties: by label). Each holds its
+    `label`, the clean upstream CA, the CA of the models the victim transferred from it (one value per seed, from the
+    first cell finished), the attacks of its chosen cells and the hardware most of them ran on. A scenario computed
+    in one place has one build."""
+    chosen = chosen or (lambda c: c.ok and c.metrics is not None and c.metrics.upstream is not None)
+    by, label = {}, build_labels(cells)
+    for c in sorted(cells, key=lambda c: (c.finished, label[c.upstream_build])):
+        if not chosen(c):
+            continue
+        b = by.setdefault(label[c.upstream_build],
+                          {"cas": Counter(), "per_seed": {}, "attacks": set(), "hardware": Counter()})
+        m = c.metrics
+        if m and m.upstream and m.upstream.clean.ca is not None:
+            b["cas"][m.upstream.clean.ca] += 1
+        if m and m.transfer and m.transfer.clean.ca is not None:
+            b["per_seed"].setdefault(c.seed, m.transfer.clean.ca)
+        b["attacks"].add(c.attack_id)
+        b["hardware"][hardware_label(c)] += 1
+    return [{"label": label, "ca_upstream": b["cas"].most_common(1)[0][0] if b["cas"] else None,
+             "ca_transfer": sorted(b["per_seed"].items()), "attacks": sorted(b["attacks"]),
+             "hardware": min(b["hardware"], key=lambda h: (-b["hardware"][h], h))} for label, b in by.items()]
 
 
-def headline(cells: list[dict]) -> dict:
+def headline(cells: list[Result]) -> dict:
     """Does the backdoor survive transfer, scenario by scenario? One row per scenario (name, version), one column
     per attack; each entry holds, over the seeds of its no-defense cells: the ASR before transfer (same label
     space), the ASR after transfer, the clean-upstream baseline and the lift = ASR after transfer minus the
     baseline, paired by seed (so the interval is that of the difference), and whether the backdoor was implanted
     upstream at all (IMPLANTED_ASR). Rows also carry `builds`, the builds of the clean upstream those cells
-    descend from (builds.upstream_builds; one unless the scenario was resumed elsewhere or its store lost), each
+    descend from (upstream_builds; one unless the scenario was resumed elsewhere or its store lost), each
     with its clean upstream CA and the CA of the models transferred from it (one value per seed); `ca_upstream`
     holds one CA per build and `ca_transfer` pools the builds' per-seed values (shown per build when several)."""
     def counted(c):
-        return c["defense"] is None and c["status"] == "ok" and not is_control(c) and not c["attack"].get("null")
-    cells = [c for c in cells if transfers(c)]  # the calibration scenarios have no transfer to survive
+        return c.defense is None and c.ok and c.role == "backdoored"
+    cells = [c for c in cells if c.transfers]  # the calibration scenarios have no transfer to survive
     rows = []
     for (name, version), scs in by_scenario(cells).items():
         by_attack = defaultdict(list)
         for c in filter(counted, scs):
-            by_attack[c["attack"]["id"]].append(c)
+            by_attack[c.attack.id].append(c)
         if not by_attack:
             continue
         builds = [{**b, "ca_transfer": _stats(b["ca_transfer"], lambda t: t[1])}
                   for b in upstream_builds(scs, chosen=counted)]
-        entries = {a: {"asr_upstream": _stats(cs, lambda c: c["metrics"]["upstream"]["backdoored"]["asr"]),
-                       "asr_transfer": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]),
-                       "asr_baseline": _stats(cs, lambda c: c["metrics"]["transfer"]["clean"]["asr"]),
-                       "lift": _stats(cs, lambda c: c["metrics"]["transfer"]["backdoored"]["asr"]
-                                      - c["metrics"]["transfer"]["clean"]["asr"]),
+        entries = {a: {"asr_upstream": _stats(cs, lambda c: c.metrics.upstream.backdoored.asr),
+                       "asr_transfer": _stats(cs, lambda c: c.metrics.transfer.backdoored.asr),
+                       "asr_baseline": _stats(cs, lambda c: c.metrics.transfer.clean.asr),
+                       "lift": _stats(cs, lambda c: c.metrics.transfer.backdoored.asr - c.metrics.transfer.clean.asr),
                        "seeds": len(cs)} for a, cs in by_attack.items()}
         for e in entries.values():
             e["implanted"] = e["asr_upstream"].mean is not None and e["asr_upstream"].mean >= IMPLANTED_ASR
@@ -268,10 +256,10 @@ HARNESS_CHANGES = [
 ]
 
 
-def superseded(c: dict) -> list[str]:
+def superseded(c: Result) -> list[str]:
     """Why a cell's scores predate a harness fix (HARNESS_CHANGES), if they do."""
     return [ch["why"] for ch in HARNESS_CHANGES
-            if c["attack"].get("name") == ch["attack"] and c.get("finished", "") < ch["before"]]
+            if c.attack is not None and c.attack.name == ch["attack"] and c.finished < ch["before"]]
 
 
 def stale(rows: list[dict], registry) -> None:
@@ -284,38 +272,37 @@ def stale(rows: list[dict], registry) -> None:
         r["stale"] = now is not None and any(code != now for code in r["codes"])
 
 
-def defense_rows(cells: list[dict]) -> list[dict]:
+DEFENSE_SCORES = ("ca", "asr", "ra", "der", "input_auroc", "model_score", "sample_auroc", "sample_aupr",
+                  "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr")
+
+
+def defense_rows(cells: list[Result]) -> list[dict]:
     """One row per (defense, attack): scores after the defense, their change, DER, AUROC, wall time."""
     by = defaultdict(list)
     for c in cells:
-        if c["defense"] is not None and not is_control(c) and not c["attack"].get("null"):
-            by[(c["defense"]["id"], c["attack"]["id"])].append(c)
+        if c.defense is not None and c.role == "backdoored":
+            by[(c.defense.id, c.attack.id)].append(c)
     rows = []
     for (defense, attack), cs in sorted(by.items()):
-        ok = [c for c in cs if c["status"] == "ok"]
-        d = lambda k: (lambda r: r["metrics"]["defense"][k])  # noqa: E731
-        b = lambda k: (lambda r: r["metrics"]["transfer"]["backdoored"][k])  # noqa: E731
-        row = {"defense": defense, "name": cs[0]["defense"]["name"], "attack": attack,
-               "seeds": sorted({c["seed"] for c in ok}), "failed": len(cs) - len(ok),
-               "errors": sorted({f"{c['error']['type']}: {c['error']['message']}" for c in cs if c["status"] != "ok"}),
-               "wall": _stats(ok, lambda r: r["wall_time_s"]["defense"])}
-        for k in ("ca", "asr", "ra", "der", "input_auroc", "model_score", "sample_auroc", "sample_aupr",
-                  "sample_tpr_at_5fpr", "input_aupr", "input_tpr_at_5fpr"):
-            row[k] = _stats(ok, d(k))
-        row["nonfinite"] = sum(bool(c["metrics"]["defense"].get("nonfinite")) for c in ok)
-        row["codes"] = sorted({c["defense"].get("code") for c in ok if c["defense"].get("code")})
+        ok = [c for c in cs if c.ok]
+        row = {"defense": defense, "name": cs[0].defense.name, "attack": attack, "position": cs[0].defense.position,
+               "seeds": sorted({c.seed for c in ok}), "failed": len(cs) - len(ok),
+               "errors": sorted({f"{c.error.type}: {c.error.message}" for c in cs if not c.ok and c.error}),
+               "wall": _stats(ok, lambda r: r.wall_time_s["defense"])}
+        for k in DEFENSE_SCORES:
+            row[k] = _stats(ok, lambda r, k=k: r.metrics.defense.get(k))
+        row["nonfinite"] = sum(bool(c.metrics.defense.nonfinite) for c in ok)
+        row["codes"] = sorted({c.defense.code for c in ok if c.defense.code})
         row["affected"] = sorted({why for c in ok for why in superseded(c)})
-        row["position"] = ("data" if any("sample_auroc" in (c["metrics"] or {}).get("defense", {}) for c in ok)
-                           else "model")
         for k in ("ca", "asr", "ra"):
-            row[f"d_{k}"] = _stats(ok, lambda r, k=k: r["metrics"]["defense"][k]
-                                   - r["metrics"]["transfer"]["backdoored"][k])
-            row[f"before_{k}"] = _stats(ok, b(k))
+            row[f"d_{k}"] = _stats(ok, lambda r, k=k: getattr(r.metrics.defense, k)
+                                   - getattr(r.metrics.transfer.backdoored, k))
+            row[f"before_{k}"] = _stats(ok, lambda r, k=k: getattr(r.metrics.transfer.backdoored, k))
         rows.append(row)
     return rows
 
 
-def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
+def by_scenario(cells: list[Result]) -> dict[tuple[str, int], list[Result]]:
     """Cells grouped by (scenario name, version): versions never mix."""
     out = defaultdict(list)
     for c in cells:
@@ -323,14 +310,20 @@ def by_scenario(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return dict(sorted(out.items()))
 
 
-# where a result file gives the clean accuracy of each stage's model: a function of its weights alone (an ASR
-# also depends on the cell's attack)
-STAGE_CA = {"upstream": ("upstream", "clean"), "backdoor": ("upstream", "backdoored"),
-            "downstream_clean": ("transfer", "clean"), "downstream": ("transfer", "backdoored"),
-            "defense": ("defense",)}
+def _stage_ca(c: Result, stage: str):
+    """The clean accuracy a cell gives the model of one of its stages (a function of the weights alone)."""
+    m = c.metrics
+    if m is None:
+        return None
+    section = {"upstream": (m.upstream, "clean"), "backdoor": (m.upstream, "backdoored"),
+               "downstream_clean": (m.transfer, "clean"), "downstream": (m.transfer, "backdoored")}
+    if stage == "defense":
+        return m.defense.ca if m.defense else None
+    pair, side = section.get(stage, (None, None))
+    return getattr(pair, side).ca if pair is not None else None
 
 
-def retrained(cells: list[dict]) -> dict[str, int]:
+def retrained(cells: list[Result]) -> dict[str, int]:
     """Stage keys whose model differs between these cells, as {key: how many versions}. A key names a stage's
     inputs, so one key is one recipe; but a stage built again (on another machine, or after its store was lost)
     need not give the same weights: training is not bit-identical across CPUs or GPUs. Two versions differ when
@@ -338,13 +331,11 @@ def retrained(cells: list[dict]) -> dict[str, int]:
     clean accuracy (older files)."""
     seen = defaultdict(lambda: (set(), set()))  # key -> (weights sha256s, clean accuracies of the stage's model)
     for c in cells:
-        for stage, key in (c.get("artifacts") or {}).items():
+        for stage, key in c.artifacts.items():
             shas, cas = seen[key]
-            if (c.get("weights") or {}).get(stage):
-                shas.add(c["weights"][stage])
-            m = c.get("metrics")
-            for k in (*STAGE_CA.get(stage, ("-",)), "ca"):
-                m = m.get(k) if isinstance(m, dict) else None
-            if m is not None:
-                cas.add(m)
+            if c.weights.get(stage):
+                shas.add(c.weights[stage])
+            ca = _stage_ca(c, stage)
+            if ca is not None:
+                cas.add(ca)
     return {k: max(len(a), len(b)) for k, (a, b) in sorted(seen.items()) if max(len(a), len(b)) > 1}

@@ -19,7 +19,8 @@ import jinja2
 
 from . import calibration, plots, results
 from .report import left_out_note
-from .provenance import code_changes, hardware_label
+from .provenance import hardware_label
+from .resultfile import Result
 from .errors import BenchError
 from .registry import Registry
 
@@ -49,11 +50,14 @@ def paper_url(paper: str) -> str | None:
     return m.group(0).rstrip(".,)") if m else None
 
 
-def _flat(r: dict) -> dict:
-    m = r.get("metrics") or {}
-    g = lambda *ks: _dig(m, ks)  # noqa: E731
-    return {"scenario": r["scenario"]["name"], "version": r["scenario"]["version"], "attack": r["attack"]["id"],
-            "defense": (r["defense"] or {}).get("id", "none"), "seed": r["seed"], "status": r["status"],
+def _flat(r: Result) -> dict:
+    def g(section, side=None, k=None):
+        sec = getattr(r.metrics, section, None) if r.metrics else None
+        if sec is None:
+            return None
+        return sec.get(side) if k is None else getattr(getattr(sec, side), k)
+    return {"scenario": r.scenario.name, "version": r.scenario.version, "attack": r.attack_id,
+            "defense": r.defense_id or "none", "seed": r.seed, "status": r.status,
             "upstream_clean_ca": g("upstream", "clean", "ca"), "upstream_clean_asr": g("upstream", "clean", "asr"),
             "upstream_backdoored_ca": g("upstream", "backdoored", "ca"),
             "upstream_backdoored_asr": g("upstream", "backdoored", "asr"),
@@ -64,16 +68,8 @@ def _flat(r: dict) -> dict:
             "defense_ca": g("defense", "ca"), "defense_asr": g("defense", "asr"), "defense_ra": g("defense", "ra"),
             "defense_der": g("defense", "der"), "defense_input_auroc": g("defense", "input_auroc"),
             "defense_model_score": g("defense", "model_score"), "defense_sample_auroc": g("defense", "sample_auroc"),
-            "control": bool(r.get("control")), "git_commit": r["provenance"]["git"]["commit"],
-            "bdbench": r["provenance"]["packages"].get("bdbench"), "file": r["_path"]}
-
-
-def _dig(d, ks):
-    for k in ks:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
+            "role": r.role, "upstream_build": r.upstream_build, "git_commit": r.provenance["git"]["commit"],
+            "bdbench": r.provenance["packages"].get("bdbench"), "file": r.path}
 
 
 def _env() -> jinja2.Environment:
@@ -122,7 +118,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
     scenarios = []
     for (name, version), cs in results.by_scenario(cells).items():
         key = f"{name}-v{version}"
-        shas = {h for c in cs for h in (c["scenario"].get("sha256"), c["scenario"].get("recipe")) if h}
+        shas = {h for c in cs for h in (c.scenario.sha256, c.scenario.recipe) if h}
         exact = [runs[h] for h in sorted(shas) if h in runs]
         # the command that runs this scenario; 'changed' when only a file of the same name and version is here
         runner = {"command": exact[0] if exact else runs.get((name, version)), "changed": not exact}
@@ -130,7 +126,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         results.stale(drows, registry)
         files = {}
         for c in cs:
-            files.setdefault((c["attack"]["id"], (c["defense"] or {}).get("id")), []).append(c["_path"])
+            files.setdefault((c.attack_id, c.defense_id), []).append(c.path)
         pts = [(r["ca"].mean, r["asr"].mean, f"{r['defense']} vs {r['attack']}", r["defense"])
                for r in drows if r["position"] == "model" and r["ca"].mean is not None and r["asr"].mean is not None]
         pts += [(r["ca_transfer"].mean, r["asr_transfer"].mean, f"no defense vs {r['attack']}", "no defense")
@@ -142,23 +138,24 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
         (out / "plots" / f"{slug(key)}-transfer.svg").write_text(
             plots.scatter(tp, "ASR before transfer", "ASR after transfer", f"{key}: does the backdoor survive?",
                           diagonal=True))
-        seeds = sorted({c["seed"] for c in cs})
+        seeds = sorted({c.seed for c in cs})
         scenarios.append({"key": key, "name": name, "version": version, "runner": runner,
                           "attacks": arows, "defenses": drows,
                           "inspections": [r for r in drows if r["position"] == "data"],
                           "model_detection": results.model_detection_rows(cs),
                           "model_detection_left_out": results.model_detection_left_out(cs),
                           "files": files, "seeds": " ".join(map(str, seeds)), "n_cells": len(cs),
-                          "commits": sorted(Counter(_code(c["provenance"]["git"]) for c in cs).items()),
+                          "commits": sorted(Counter(_code(c.provenance["git"]) for c in cs).items()),
                           "retrained": results.retrained(cs),
                           "hardware": sorted(Counter(hardware_label(c) for c in cs).items()),
-                          "unsandboxed": results.unsandboxed(cs)})
+                          "unsandboxed": results.unsandboxed(cs),
+                          "archived": any(c.path.startswith(f"{ARCHIVE}/") for c in cs)})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON
     for c in cells:
-        dest = out / "data" / "cells" / c["_path"]
+        dest = out / "data" / "cells" / c.path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(results_dir / c["_path"], dest)
+        shutil.copyfile(results_dir / c.path, dest)
     flat = [_flat(c) for c in cells]
     buf = io.StringIO()
     if flat:
@@ -170,22 +167,22 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
 
     # one page per submission that has results or a manifest
     subs = []
-    names = ({("attack", c["attack"]["name"]) for c in cells if not c.get("control")}
-             | {("defense", c["defense"]["name"]) for c in cells if c["defense"]})
+    names = ({("attack", c.attack.name) for c in cells if c.attack is not None}
+             | {("defense", c.defense.name) for c in cells if c.defense is not None})
     names |= {(k, n) for k in ("attack", "defense") for n in registry.names(k)}
     for kind, n in sorted(names):
         try:
             m = registry.manifest(kind, n)
         except Exception:
             m = None
-        own = [c for c in cells if (c["attack"]["name"] if kind == "attack" else (c["defense"] or {}).get("name")) == n]
+        own = [c for c in cells if getattr(c.attack if kind == "attack" else c.defense, "name", None) == n]
         per_scenario = []
         for (sname, ver), cs in results.by_scenario(own).items():
             key = f"{sname}-v{ver}"
             media = []
             if kind == "attack":
-                for aid in sorted({c["attack"]["id"] for c in cs}):
-                    src = results_dir / key / aid / "media"
+                for aid in sorted({c.attack_id for c in cs}):
+                    src = results_dir / _scenario_folder(cs[0]) / aid / "media"
                     for png in sorted(src.glob("*.png")) if src.is_dir() else []:
                         dest = out / "media" / slug(key) / slug(aid) / png.name
                         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +191,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
             allc = [c for c in cells if results.scenario_key(c) == (sname, ver)]
             per_scenario.append({"key": key, "media": media,
                                  "attacks": [r for r in results.attack_rows(allc) if kind == "attack" and
-                                             any(c["attack"]["id"] == r["attack"] for c in cs)],
+                                             any(c.attack_id == r["attack"] for c in cs)],
                                  "defenses": [r for r in results.defense_rows(allc)
                                               if kind == "defense" and r["name"] == n]})
         page = f"submissions/{kind}-{slug(n)}.html"
@@ -212,13 +209,19 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
     return {"cells": len(cells), "scenarios": len(scenarios), "submissions": len(subs)}
 
 
+ARCHIVE = "archive"  # leaderboard/results/archive/: superseded scenario versions and side experiments
+
+
+def _scenario_folder(c: Result) -> Path:
+    """The folder of a cell's scenario under the results root (<scenario>-v<version>, maybe under archive/)."""
+    return Path(c.path).parent.parent.parent
+
+
 def _code(git: dict) -> str:
-    """A cell's code version: the commit, and the code files that differed from it when the cell ran (files
-    written before NOT_CODE existed also list the result files and docs that had changed: those are dropped)."""
+    """A cell's code version: the commit, and the code files that differed from it when the cell ran."""
     commit = (git.get("commit") or "unknown")[:12]
     if not git.get("dirty"):
         return commit
-    if "changed" not in git:
+    if not git.get("changed"):
         return f"{commit} + uncommitted changes"
-    changed = code_changes(git["changed"])
-    return f"{commit} + changes to {', '.join(changed)}" if changed else commit
+    return f"{commit} + changes to {', '.join(git['changed'])}"

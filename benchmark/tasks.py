@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import BenchError
+from .resultfile import CLEAN_UPSTREAM, Result, read_if_valid
 from .results import superseded
 from .scenario import Scenario
 
@@ -45,22 +45,20 @@ def plan_tasks(scenarios: list[Scenario], registry=None) -> list[list[Task]]:
     return [ups, cells, controls]
 
 
-def same_scenario(r: dict, sc: Scenario, registry=None) -> bool:
+def same_scenario(r: Result, sc: Scenario, registry=None) -> bool:
     """Whether result `r` was computed for this scenario: by the same file (sha256), or by the same recipe (see
     scenario.recipe_hash) with its attack and defense as this scenario states them, so that adding an attack, a
     defense or a seed to a scenario file keeps every finished cell (the parameter check needs the registry)."""
-    s = r.get("scenario") or {}
-    if s.get("sha256") == sc.sha256:
+    if r.scenario.sha256 == sc.sha256:
         return True
-    if s.get("recipe") is None or s.get("recipe") != sc.recipe or registry is None:
+    if r.scenario.recipe is None or r.scenario.recipe != sc.recipe or registry is None:
         return False
-    for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
-        p = r.get(kind)
-        if p is None or (kind == "attack" and r.get("control")):
+    for kind, specs, p in (("attack", sc.attacks, r.attack), ("defense", sc.defenses, r.defense)):
+        if p is None:
             continue  # the no-defense cell; a control's clean upstream is part of the recipe
-        spec = next((x for x in specs if x.id == p.get("id")), None)
-        if spec is None or spec.name != p.get("name") or p.get("name") not in registry.names(kind) or \
-                json.loads(json.dumps(registry.resolve_params(kind, spec.name, spec.params))) != p.get("params"):
+        spec = next((x for x in specs if x.id == p.id), None)
+        if spec is None or spec.name != p.name or p.name not in registry.names(kind) or \
+                json.loads(json.dumps(registry.resolve_params(kind, spec.name, spec.params))) != p.params:
             return False
     return True
 
@@ -69,33 +67,23 @@ def finished(path: Path, sc: Scenario, registry=None) -> bool:
     """Finished: status ok, for this scenario (same_scenario), and (where the file records it) computed by the
     plugins' current code: a submission whose source changed since has its cells redone (its stages are keyed by
     its code, so only they recompute)."""
-    try:
-        r = json.loads(path.read_text())
-    except (OSError, ValueError):
+    r = read_if_valid(path)
+    if r is None or not r.ok or not same_scenario(r, sc, registry):
         return False
-    if r.get("status") != "ok" or not same_scenario(r, sc, registry):
+    if r.defense and superseded(r):  # scored before a harness fix that changed what it measures
         return False
-    if r.get("defense") and superseded(r):  # scored before a harness fix that changed what it measures
-        return False
-    for kind in ("attack", "defense"):
-        p = r.get(kind) or {}
-        if registry is not None and p.get("code") is not None and p.get("name") in registry.names(kind) \
-                and p["code"] != registry.code_hash(kind, p["name"]):
+    for kind, p in (("attack", r.attack), ("defense", r.defense)):
+        if registry is not None and p is not None and p.code is not None and p.name in registry.names(kind) \
+                and p.code != registry.code_hash(kind, p.name):
             return False
     return True
 
 
 def upstream_ready(sc: Scenario, registry, home: Path) -> bool:
-    import torch
-
-    from .pipeline import Runner
+    """Whether the store at `home` holds the scenario's clean upstream (built here, not pulled from a zoo)."""
+    from .stages import upstream
     from .store import Store
-    try:
-        Runner(sc, registry, Store(home), Path("."), torch.device("cpu"), progress=False, log=lambda m: None,
-               build=False).clean_upstream()
-        return True
-    except BenchError:
-        return False
+    return Store(home).get(upstream.STAGE, upstream.spec(sc)) is not None
 
 
 def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[Optional[str], Path]]:
@@ -113,7 +101,7 @@ def task_files(task: Task, sc: Scenario, results: Path, registry) -> list[tuple[
             if cls.poisons_data or registry.plugin_class("defense", d.name).position != "data"])
         return [(d, cell_path(results, sc, task.attack, d, task.seed)) for d in wanted]
     if task.kind == "controls":
-        return [(d, cell_path(results, sc, "clean-upstream", d, task.seed)) for d in scoring()]
+        return [(d, cell_path(results, sc, CLEAN_UPSTREAM, d, task.seed)) for d in scoring()]
     raise ValueError(f"a {task.kind} task writes no result file")
 
 

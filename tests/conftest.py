@@ -87,12 +87,13 @@ class Run:
     def __init__(self, home, registry, sc, defenses, seeds=(0,), zoo=None, isolate=False):
         self.runner = Runner(sc, registry, Store(home / "store"), home / "results", torch.device("cpu"),
                              progress=False, log=lambda m: None, zoo=zoo, isolate=isolate)
-        self.cells = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
-                                     seeds=list(seeds))
+        self.results = self.runner.run(defenses=[PluginSpec(d) if isinstance(d, str) else d for d in defenses],
+                                       seeds=list(seeds))
+        self.cells = [r.to_dict() for r in self.results]  # as the result files hold them
 
     def cell(self, defense, control=False):
         return next(c for c in self.cells if (c["defense"] or {}).get("id") == defense
-                    and bool(c.get("control")) == control)
+                    and (c["role"] == "clean-upstream") == control)
 
     @property
     def computed(self):
@@ -113,3 +114,38 @@ def digits_env(tmp_path_factory):
     first = Run(home, registry, sc, ["finetune"])
     second = Run(home, registry, sc, ["finetune", "linf-pruning", "crash"])
     return home, registry, sc, first, second
+
+
+def result(role="backdoored", attack="a", defense="linf", seed=0, status="ok", score=1.0, build="a" * 64, ca=None,
+           finished="2026-12-01T00:00:00Z", gpu=None, position="model", metrics=None, scenario="s", code=None,
+           wall_time_s=None, info=None, **defense_scores):
+    """A typed result record (benchmark.resultfile.Result) with what aggregation reads, for tests that build cells
+    by hand: `score` is the defense's model score, `ca` the clean upstream CA (upstream and transfer sections are
+    written only with it, as in a control's file); `metrics` replaces them all."""
+    from benchmark.resultfile import Result
+    if metrics is None and status == "ok":
+        metrics = {}
+        if defense:
+            metrics["defense"] = ({"ca": 0.9, "asr": 0.1, "ra": 0.8, "der": 0.9, "repaired": True, "input_auroc": None,
+                                   "model_score": score, **defense_scores} if position == "model" else
+                                  {"samples": 100, "poisoned": 10, "sample_auroc": score, "sample_aupr": None,
+                                   "sample_tpr_at_5fpr": None, **defense_scores})
+        if ca is None and role != "clean-upstream":
+            ca = 0.75  # a cell with an attack always has its upstream and transfer scores
+        if ca is not None:
+            metrics["upstream"] = {"clean": {"ca": ca, "asr": 0.0, "ra": ca},
+                                   "backdoored": {"ca": ca, "asr": 0.9, "ra": 0.1}}
+            metrics["transfer"] = {"clean": {"ca": ca + 0.1, "asr": 0.0, "ra": ca, "target": 0},
+                                   "backdoored": {"ca": ca + 0.1, "asr": 0.5, "ra": 0.4, "target": 0}}
+    d = {"schema": 2, "scenario": {"name": scenario, "version": 1, "sha256": None, "recipe": None}, "role": role,
+         "attack": None if role == "clean-upstream" else {"id": attack, "name": attack, "params": {}},
+         "defense": {"id": defense, "name": defense, "params": {}, "position": position, "code": code}
+         if defense else None, "info": info,
+         "seed": seed, "status": status, "metrics": metrics, "artifacts": {}, "weights": {},
+         "wall_time_s": wall_time_s or {},
+         "upstream_build": build, "finished": finished,
+         "provenance": {"git": {"commit": None}, "packages": {"bdbench": "0", "torch": "0"},
+                        "hardware": {"device": "cuda" if gpu else "cpu", "gpu": gpu, "cpu_count": 2}}}
+    if status != "ok":
+        d["error"] = {"type": "RuntimeError", "message": "failed"}
+    return Result.from_dict(d)

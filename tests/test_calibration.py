@@ -10,7 +10,7 @@ from benchmark.errors import ConfigError
 from benchmark.registry import Registry
 from benchmark.scenario import PluginSpec, load_scenario
 
-from .conftest import REPO, Run, write_submission
+from .conftest import REPO, Run, result, write_submission
 
 # a defense that returns no model and a constant model score: the defended scores must equal the undefended ones
 NOOP = """
@@ -111,7 +111,7 @@ def test_random_backdoor_after_transfer_defended_equals_undefended(digits_env):
     write_submission(home / "subs", "defense", "noop", NOOP)
     reg = Registry([REPO / "submissions", home / "subs"], entry_points=False)
     run = Run(home, reg, sc, [], seeds=(0,))
-    cells = run.runner.cell(PluginSpec("random-backdoor"), 0, [PluginSpec("noop")])
+    cells = [c.to_dict() for c in run.runner.cell(PluginSpec("random-backdoor"), 0, [PluginSpec("noop")])]
     base = next(c for c in cells if c["defense"] is None)
     cell = next(c for c in cells if c["defense"] is not None)
     assert cell["status"] == "ok", cell.get("error")
@@ -123,9 +123,14 @@ def test_random_backdoor_after_transfer_defended_equals_undefended(digits_env):
 def _cell(attack, defense, seed, **m):
     d = {"ca": 0.8, "asr": 0.95, "ra": 0.0}
     d.update(m)
-    metrics = {"transfer": {"backdoored": d}} if defense is None else {"defense": d}
-    return {"scenario": {"name": "calib-cifar10", "version": 1}, "status": "ok", "seed": seed,
-            "attack": {"id": attack}, "defense": None if defense is None else {"id": defense}, "metrics": metrics}
+    up = {"clean": {"ca": 0.8, "asr": 0.0, "ra": 0.8}, "backdoored": {"ca": 0.8, "asr": 0.95, "ra": 0.0}}
+    metrics = {"upstream": up, "transfer": {"clean": {**up["clean"], "target": 0},
+                                            "backdoored": {"target": 0, "ca": 0.8, "asr": 0.95, "ra": 0.0}}}
+    if defense is None:
+        metrics["transfer"]["backdoored"] = {"target": 0, **d}
+    else:
+        metrics["defense"] = {"der": 0.5, "repaired": True, "input_auroc": None, "model_score": None, **d}
+    return result(attack=attack, defense=defense, seed=seed, metrics=metrics, scenario="calib-cifar10")
 
 
 def test_calibration_table_checks_each_expectation_on_our_mean():
@@ -155,10 +160,7 @@ def test_the_reference_table_names_its_sources():
 
 
 def _defended(name, code, finished, attack="badnets"):
-    m = {"ca": 0.8, "asr": 0.5, "ra": 0.1, "der": 0.6}
-    return {"scenario": {"name": "s", "version": 1}, "status": "ok", "seed": 0, "finished": finished,
-            "attack": {"id": attack, "name": attack}, "defense": {"id": name, "name": name, "code": code},
-            "metrics": {"defense": dict(m), "transfer": {"backdoored": dict(m)}}, "wall_time_s": {"defense": 1.0}}
+    return result(attack=attack, defense=name, code=code, finished=finished, wall_time_s={"defense": 1.0})
 
 
 def test_rows_from_earlier_code_or_before_a_harness_fix_are_marked(registry):
@@ -186,7 +188,7 @@ def test_calibrated_behaviour_on_digits(tmp_path):
     sc.attacks = [a for a in sc.attacks if a.id == "badnets"]
     # each defense in its own process, as `bdbench run` does (in this process Neural Cleanse ran 3-4x slower)
     run = Run(tmp_path, registry, sc, ["strip", "neural-cleanse", "anp"], isolate="process")
-    cells = [c for c in run.cells if c["attack"]["id"] == "badnets" and not c.get("control")]
+    cells = [c for c in run.cells if c["attack"]["id"] == "badnets" and c["role"] != "clean-upstream"]
     base = next(c for c in cells if c["defense"] is None)["metrics"]["upstream"]["backdoored"]
     assert base["asr"] >= 0.9 and base["ca"] >= 0.95
     strip = run.cell("strip")["metrics"]["defense"]
@@ -220,10 +222,9 @@ def test_a_grid_redoes_cells_scored_before_a_harness_fix(tmp_path):
     """tasks.finished: a random-backdoor defense cell finished before the scoring fix is not finished."""
     from benchmark import tasks
     sc = load_scenario(str(write(tmp_path, DIGITS10)))
-    cell = {"status": "ok", "scenario": {"name": sc.name, "version": sc.version, "sha256": sc.sha256,
-                                         "recipe": sc.recipe},
-            "attack": {"id": "random-backdoor", "name": "random-backdoor"}, "defense": {"id": "x", "name": "x"}}
     for finished, ok in (("2026-12-01T00:00:00Z", False), ("2026-12-08T00:00:00Z", True)):
+        cell = result(attack="random-backdoor", defense="x", finished=finished).to_dict()
+        cell["scenario"].update(name=sc.name, version=sc.version, sha256=sc.sha256, recipe=sc.recipe)
         p = tmp_path / f"{finished[:10]}.json"
-        p.write_text(json.dumps({**cell, "finished": finished}))
+        p.write_text(json.dumps(cell))
         assert tasks.finished(p, sc) is ok

@@ -204,4 +204,4 @@ def test_training_sample_level_auroc_in_the_pipeline(digits_env, tmp_path_factor
     for d in ("spectral-signatures", "activation-clustering"):
         c = run.cell(d)
         assert c["status"] == "ok" and 0 <= c["metrics"]["defense"]["sample_auroc"] <= 1
-    assert not any(c.get("control") for c in run.cells)  # data defenses have no model-level controls
+    assert not any(c["role"] == "clean-upstream" for c in run.cells)  # data defenses have no model-level controls

@@ -300,7 +300,7 @@ def test_adding_an_attack_keeps_the_finished_cells_and_a_null_attack_is_a_contro
     assert sorted(p.parent.name for p in (folder / "no-poison").rglob("seed-0.json")) == ["linf-pruning", "none"]
     r = json.loads((folder / "no-poison" / "linf-pruning" / "seed-0.json").read_text())
     assert r["scenario"] == {"name": "tiny", "version": 1, "sha256": after.sha256, "recipe": after.recipe}
-    assert r["attack"]["null"] and r["metrics"]["defense"]["model_score"] is not None
+    assert r["role"] == "null-attack" and r["metrics"]["defense"]["model_score"] is not None
     badnets, control = folder / "badnets" / "linf-pruning" / "seed-0.json", folder / "clean-upstream" / \
         "linf-pruning" / "seed-0.json"
     assert tasks.finished(badnets, after, registry) and tasks.finished(control, after, registry)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from benchmark import isolation, models, sandbox
 from benchmark.config import read_yaml
 from benchmark.errors import BenchError
-from benchmark.results import validate
+from benchmark.resultfile import validate
 from benchmark.scenario import load_scenario
 from benchmark.store import Store, file_sha256
 

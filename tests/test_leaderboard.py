@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import results, site
+from benchmark import resultfile, results, site
 from benchmark.compare import compare
 from benchmark.errors import BenchError
 from benchmark.validate import validate
 
-from .conftest import REPO, write_submission
+from .conftest import REPO, result, write_submission
 
 EVIL = "<script>alert(1)</script>"
 
@@ -48,23 +48,23 @@ def tree_hash(root: Path) -> dict:
 
 def test_schema_failures_are_clear(results_dir, tmp_path):
     cell = json.loads((results_dir / "digits-v1/badnets/finetune/seed-0.json").read_text())
-    results.validate(cell)
+    resultfile.validate(cell)
     bad = copy.deepcopy(cell)
     bad["metrics"]["upstream"]["clean"]["ca"] = "0.99"
     del bad["provenance"]["git"]
     with pytest.raises(BenchError) as e:
-        results.validate(bad, "x.json")
+        resultfile.validate(bad, "x.json")
     msg = str(e.value)
     assert "x.json" in msg and "metrics/upstream/clean/ca: '0.99' is not of type" in msg
     assert "provenance: 'git' is a required property" in msg
     bad = copy.deepcopy(cell)
     bad["status"] = "failed"
     with pytest.raises(BenchError, match="'error' is a required property"):
-        results.validate(bad)
+        resultfile.validate(bad)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "broken.json").write_text("{not json")
     with pytest.raises(BenchError, match="broken.json: not valid JSON"):
-        results.load(tmp_path / "r")
+        resultfile.load(tmp_path / "r")
 
 
 def test_site_escapes_names_and_keeps_versions_apart(results_dir, tmp_path):
@@ -199,19 +199,26 @@ def test_cli_builds_the_site(results_dir, tmp_path):
     assert "does the backdoor survive transfer?" in r.stdout and "digits-v1" in r.stdout and "badnets" in r.stdout
 
 
-def _cell(scenario, attack, seed, asr_tr, asr_base, asr_up=0.9, defense=None, status="ok"):
-    m = {"upstream": {"clean": {"ca": 0.7, "asr": 0.0, "ra": 0.7}, "backdoored": {"ca": 0.7, "asr": asr_up, "ra": 0.1}},
+def _cell(scenario, attack, seed, asr_tr, asr_base, asr_up=0.9, defense=None, status="ok", role="backdoored",
+          ca_up=0.7, build="a" * 64, finished="2026-12-01T00:00:00Z"):
+    m = {"upstream": {"clean": {"ca": ca_up, "asr": 0.0, "ra": 0.7},
+                      "backdoored": {"ca": 0.7, "asr": asr_up, "ra": 0.1}},
          "transfer": {"clean": {"ca": 0.9 + seed / 100, "asr": asr_base, "ra": 0.9, "target": 0},
                       "backdoored": {"ca": 0.9, "asr": asr_tr, "ra": 0.1, "target": 0}}}
-    return {"scenario": {"name": scenario, "version": 1, "sha256": "x"}, "attack": {"id": attack, "name": attack},
-            "defense": defense, "seed": seed, "status": status, "metrics": m}
+    if defense:
+        m["defense"] = {"ca": 0.9, "asr": 0.0, "ra": 0.9, "der": 0.9, "repaired": True, "input_auroc": None,
+                        "model_score": None}
+    if role == "clean-upstream":
+        m = {"defense": m["defense"]}
+    return result(role, attack=attack, defense=defense, seed=seed, status=status, build=build, finished=finished,
+                  metrics=m if status == "ok" else None, scenario=scenario)
 
 
 def test_headline_lift_is_paired_by_seed_and_skips_defenses_and_controls():
     from benchmark.metrics import mean_ci
     cells = [_cell("s-big", "badnets", s, tr, b) for s, tr, b in ((0, 0.9, 0.1), (1, 0.5, 0.4), (2, 0.7, 0.0))]
-    cells += [_cell("s-big", "badnets", 0, 0.0, 0.0, defense={"id": "finetune", "name": "finetune"}),
-              {**_cell("s-big", "clean-upstream", 0, 0.0, 0.0), "control": True},
+    cells += [_cell("s-big", "badnets", 0, 0.0, 0.0, defense="finetune"),
+              _cell("s-big", None, 0, 0.0, 0.0, defense="finetune", role="clean-upstream"),
               _cell("s-big", "badnets", 3, 0.0, 0.0, status="failed"),
               _cell("s-small", "blended", 0, 0.2, 0.25)]
     h = results.headline(cells)
@@ -230,13 +237,15 @@ def test_headline_lift_is_paired_by_seed_and_skips_defenses_and_controls():
 def test_headline_keeps_builds_of_the_clean_upstream_apart():
     """A scenario finished on other hardware (or after its store was lost) holds two builds of the same clean
     upstream, whose clean models differ; their CAs are shown per build, never pooled as if they were seeds."""
-    def rebuilt(c, ca_up, ca_down, finished):
-        c["metrics"]["upstream"]["clean"]["ca"], c["metrics"]["transfer"]["clean"]["ca"] = ca_up, ca_down
-        return {**c, "finished": finished, "provenance": {"hardware": {"device": "cpu", "cpu_count": 2}}}
-    cells = [rebuilt(_cell("s", "badnets", s, 0.9, 0.1), 0.70, 0.80 + s / 100, "2026-11-28") for s in (0, 1)]
-    cells += [rebuilt(_cell("s", "blended", s, 0.9, 0.1), 0.75, 0.60, "2026-11-27") for s in (0, 1)]
-    cells += [rebuilt(_cell("s", "sig", 0, 0.9, 0.1), 0.75, 0.60, "2026-11-27")]
-    cells += [rebuilt(_cell("s", "sig", 1, 0.9, 0.1), 0.70, 0.81, "2026-11-29")]  # a grid resumed on the new build
+    def rebuilt(attack, seed, ca_up, ca_down, finished):
+        c = _cell("s", attack, seed, 0.9, 0.1, ca_up=ca_up, build="a" * 64 if ca_up == 0.75 else "b" * 64,
+                  finished=finished)
+        c.metrics.transfer.clean.ca = ca_down
+        return c
+    cells = [rebuilt("badnets", s, 0.70, 0.80 + s / 100, "2026-11-28") for s in (0, 1)]
+    cells += [rebuilt("blended", s, 0.75, 0.60, "2026-11-27") for s in (0, 1)]
+    cells += [rebuilt("sig", 0, 0.75, 0.60, "2026-11-27")]
+    cells += [rebuilt("sig", 1, 0.70, 0.81, "2026-11-29")]  # a grid resumed on the new build
     row = results.headline(cells)["rows"][0]
     assert [(b["ca_upstream"], b["attacks"]) for b in row["builds"]] == [(0.75, ["blended", "sig"]),
                                                                             (0.70, ["badnets", "sig"])]
@@ -246,7 +255,7 @@ def test_headline_keeps_builds_of_the_clean_upstream_apart():
     out = _headline_text(cells)
     assert "badnets [2]" in out and "blended [1]" in out and "sig [1,2]" in out and "0.750 / 0.700" in out
     assert ("2 builds of the clean upstream" in out
-            and "[1] cpu, 2 cores, upstream CA 0.7500; [2] cpu, 2 cores, upstream CA 0.7000" in out)
+            and "[1] upstream aaaaaaaa on cpu, 2 cores; [2] upstream bbbbbbbb on cpu, 2 cores" in out)
     assert len(results.headline(cells[:2])["rows"][0]["builds"]) == 1 and "[1]" not in _headline_text(cells[:2])
 
 
@@ -286,7 +295,7 @@ def test_the_findings_page_is_generated_from_the_committed_results():
     from benchmark.report import headline_markdown
     from tests.conftest import REPO
     page = (Path(REPO) / "docs" / "findings.md").read_text()
-    assert page == headline_markdown(results.load(Path(REPO) / "leaderboard" / "results")), \
+    assert page == headline_markdown(resultfile.load(Path(REPO) / "leaderboard" / "results")), \
         "regenerate it: bdbench leaderboard headline --markdown > docs/findings.md"
 
 
@@ -359,11 +368,10 @@ def test_a_cells_code_version_names_uncommitted_changes():
         "aaaaaaaaaaaa + changes to b.yaml, c.py"
     assert site._code({"commit": "a" * 40, "dirty": True}) == "aaaaaaaaaaaa + uncommitted changes"  # older files
     assert site._code({"commit": None, "dirty": None}) == "unknown"
-    # files written while a grid rewrote the committed results list those too: not code, not shown
+    # what a file lists is what the harness found changed (provenance.git_state leaves out results and docs)
+    from benchmark.provenance import code_changes
     written = ["README.md", "benchmark/grid.py", "leaderboard/results/s-v3/wanet/none/seed-0.json"]
-    assert site._code({"commit": "a" * 40, "dirty": True, "changed": written}) == \
-        "aaaaaaaaaaaa + changes to benchmark/grid.py"
-    assert site._code({"commit": "a" * 40, "dirty": True, "changed": written[::2]}) == "a" * 12
+    assert code_changes(written) == ["benchmark/grid.py"] and code_changes(written[::2]) == []
 
 
 def test_hardware_label_names_the_gpu_or_the_cpu():
@@ -379,38 +387,39 @@ def test_a_stage_built_into_another_model_is_named_on_the_site(results_dir, tmp_
     again on another after its store was lost) share a recipe, not a model: the scenario says so. Versions differ
     by their weights' sha256, or, in files from before weights were recorded, by the clean accuracy of the stage's
     model."""
-    cells = [c for c in results.load(results_dir) if c["scenario"]["version"] == 1]
-    assert all(c["weights"] for c in cells if c["status"] == "ok") and results.retrained(cells) == {}
-    up = cells[0]["artifacts"]["upstream"]
+    cells = [c for c in resultfile.load(results_dir) if c.scenario.version == 1]
+    assert all(c.weights for c in cells if c.ok) and results.retrained(cells) == {}
+    up = cells[0].artifacts["upstream"]
 
     def edit(cells, name, change):
-        c = copy.deepcopy(next(c for c in cells if c["_path"].endswith(name)))
+        c = copy.deepcopy(next(c for c in cells if c.path.endswith(name)))
         change(c)
-        return [c if x["_path"].endswith(name) else x for x in cells]
-    assert results.retrained(edit(cells, "finetune/seed-0.json", lambda c: c["weights"].update(upstream="0" * 64))) \
+        return [c if x.path.endswith(name) else x for x in cells]
+    assert results.retrained(edit(cells, "finetune/seed-0.json", lambda c: c.weights.update(upstream="0" * 64))) \
         == {up: 2}
 
     def older_build(c):  # no weights recorded; the upstream's clean accuracy differs: another model
-        del c["weights"]
-        c["metrics"]["upstream"]["clean"]["ca"] -= 0.01
+        c.weights = {}
+        c.metrics.upstream.clean.ca -= 0.01
     assert results.retrained(edit(cells, "finetune/seed-0.json", older_build)) == {up: 2}
-    rebuilt = edit(cells, "finetune/seed-0.json", lambda c: c["wall_time_s"].update(upstream=1.0))
+    rebuilt = edit(cells, "finetune/seed-0.json", lambda c: c.wall_time_s.update(upstream=1.0))
     assert results.retrained(rebuilt) == {}  # built twice (another wall time) into the same weights: one model
-    assert results.retrained(edit(cells, "none/seed-0.json", lambda c: c.pop("weights"))) == {}
+    assert results.retrained(edit(cells, "none/seed-0.json", lambda c: setattr(c, "weights", {}))) == {}
 
     moved = tmp_path / "results"
     shutil.copytree(results_dir, moved)
     p = moved / "digits-v1/badnets/finetune/seed-0.json"
     r = json.loads(p.read_text())
-    older_build(r)
+    r["weights"] = {}
+    r["metrics"]["upstream"]["clean"]["ca"] -= 0.01
     r["provenance"]["git"] = {"commit": "b" * 40, "dirty": True, "changed": ["x.py"]}
     p.write_text(json.dumps(r))
     site.build(moved, tmp_path / "site")
     section = (tmp_path / "site/index.html").read_text().split("Scenario digits v1")[1].split("<h3>")[0]
     assert "Some stages differ between cells" in section and f"<code>{up}</code> (2 versions)" in section
     # each code version the cells ran is named with how many cells it computed
-    n = len([c for c in cells if c["_path"].startswith("digits-v1/")])
-    code = site._code(cells[0]["provenance"]["git"])
+    n = len([c for c in cells if c.path.startswith("digits-v1/")])
+    code = site._code(cells[0].provenance["git"])
     assert "<code>bbbbbbbbbbbb + changes to x.py</code> (1 cell)" in section
     assert f"<code>{html.escape(code)}</code> ({n - 1} cells)" in section
     site.build(results_dir, tmp_path / "same")
@@ -427,7 +436,7 @@ def test_nonfinite_scores_are_flagged_on_the_site_and_in_the_terminal(results_di
     cell["defense"]["id"] = cell["defense"]["name"] = "nan-defense"
     cell["metrics"]["defense"].update(model_score=None, input_auroc=0.5,
                                       nonfinite={"model_score": "inf", "input_scores": 12})
-    results.validate(cell, "nan-defense cell")
+    resultfile.validate(cell, "nan-defense cell")
     (out / "digits-v1/badnets/nan-defense").mkdir()
     (out / "digits-v1/badnets/nan-defense/seed-0.json").write_text(json.dumps(cell))
     site.build(out, tmp_path / "site")
@@ -436,12 +445,12 @@ def test_nonfinite_scores_are_flagged_on_the_site_and_in_the_terminal(results_di
     assert "(1 NaN/inf)" in row and "counts 0.5" in row
     assert "(1 NaN/inf)" not in index.split(">finetune</a>")[1].split("</tr>")[0]
     monkeypatch.setenv("COLUMNS", "400")  # the note column unwrapped
-    print_table([c for c in results.load(out) if c["scenario"]["version"] == 1], "digits v1")
+    print_table([c for c in resultfile.load(out) if c.scenario.version == 1], "digits v1")
     assert "NaN/inf scores in 1 cell(s), counted 0.5" in capsys.readouterr().out
     bad = copy.deepcopy(cell)
     bad["metrics"]["defense"]["nonfinite"] = {"model_score": "big"}
     with pytest.raises(BenchError, match="does not match the result schema"):
-        results.validate(bad, "bad cell")
+        resultfile.validate(bad, "bad cell")
 
 
 def test_cells_whose_defense_ran_outside_the_sandbox_are_marked(results_dir, tmp_path):
@@ -455,7 +464,7 @@ def test_cells_whose_defense_ran_outside_the_sandbox_are_marked(results_dir, tmp
     site.build(out, tmp_path / "site")
     assert "plain process" not in index()  # (the session's digits cells ran in-process: isolation "none")
     cell["provenance"]["isolation"] = "process"
-    results.validate(cell, "cell")
+    resultfile.validate(cell, "cell")
     f.write_text(json.dumps(cell))
     site.build(out, tmp_path / "site")
     v1 = index().split("Scenario digits v1")[1]

@@ -8,6 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from benchmark import metrics
 
+from .conftest import result
+
 
 @pytest.mark.parametrize("seed", range(5))
 def test_auroc_equals_sklearn_on_random_scores(seed):
@@ -125,9 +127,7 @@ def test_model_detection_rows_pool_attacks_against_controls():
     from benchmark.results import model_detection_rows
 
     def cell(defense, score, control=False, status="ok"):
-        return {"defense": {"id": defense, "name": defense}, "control": control, "status": status,
-                "attack": {"id": "clean-upstream" if control else "a"},
-                "metrics": {"defense": {"model_score": score}} if status == "ok" else None}
+        return result("clean-upstream" if control else "backdoored", defense=defense, score=score, status=status)
     cells = [cell("nc", 3.0), cell("nc", 2.5), cell("nc", None, status="failed"),
              cell("nc", 1.0, True), cell("nc", 2.5, True),
              cell("ft", None), cell("ft", None, True),  # no scores at all: no row
@@ -139,37 +139,62 @@ def test_model_detection_rows_pool_attacks_against_controls():
     assert r["auroc"] == pytest.approx((3 + 0.5 + 0.5 * 2) / 6) and r["missing"] == 1
     assert r["n_backdoored"] == 3 and r["n_clean"] == 2
     # a null-attack cell (same injection, no poison) is a negative too, reported on its own as well
-    null = cell("nc", 2.8)
-    null["attack"] = {"id": "null", "null": True}
-    r2 = model_detection_rows(cells + [null])[0]
-    assert r2["n_clean"] == 3 and r2["by_negative"]["null-injection"] == pytest.approx((1 + 0 + 0.5) / 3)
+    r2 = model_detection_rows(cells + [result("null-attack", attack="null", defense="nc", score=2.8)])[0]
+    assert r2["n_clean"] == 3 and r2["by_negative"]["null-attack"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert r2["by_negative"]["clean-upstream"] == pytest.approx(r["auroc"])
     assert r["build"] is None  # one build of the clean upstream: one row per defense, as before
 
 
 def test_model_detection_compares_models_within_one_build_of_the_clean_upstream():
     """The clean upstream built again on other hardware is another model, and a model score shifts with it: a
-    detector must not be credited for telling the builds apart. Cells name their build by the upstream weights'
-    sha256, or (older files) by their hardware, joined when they report the same clean upstream CA."""
-    from benchmark.results import model_detection_rows, upstream_build_labels
-
-    def cell(score, ca_up, sha=None, gpu=None, control=False):
-        c = {"defense": {"id": "linf", "name": "linf"}, "control": control, "status": "ok",
-             "attack": {"id": "clean-upstream" if control else "a"}, "metrics": {"defense": {"model_score": score}},
-             "provenance": {"hardware": {"device": "cuda" if gpu else "cpu", "gpu": gpu, "cpu_count": 2}}}
-        if ca_up is not None:
-            c["metrics"]["upstream"] = {"clean": {"ca": ca_up}}
-        if sha:
-            c["weights"] = {"upstream": sha}
-        return c
-    # build A (old files, a GPU; its scores run high) and build B (weights recorded; a control has no upstream CA)
-    a = [cell(9.0, 0.76, gpu="H200"), cell(8.0, 0.76, gpu="H200"), cell(7.0, None, gpu="H200", control=True)]
-    b = [cell(5.0, 0.75, sha="66accfd0" + "0" * 56), cell(3.0, None, sha="66accfd0" + "0" * 56, control=True),
-         cell(4.0, 0.75), cell(6.0, None, sha="66accfd0" + "0" * 56, control=True)]  # cpu mark, CA joins it to B
-    labels = upstream_build_labels(a + b)
-    assert labels == ["H200, 2 cores"] * 3 + ["upstream 66accfd0"] * 4
+    detector must not be credited for telling the builds apart. Each cell names its build (`upstream_build`)."""
+    from benchmark.results import model_detection_left_out, model_detection_rows
+    A, B = "66accfd0" + "0" * 56, "cpu, 2 cores, upstream CA 0.7600 (weights not recorded)"
+    a = [result(score=9.0, build=B), result(score=8.0, build=B), result("clean-upstream", score=7.0, build=B)]
+    b = [result(score=5.0, build=A), result("clean-upstream", score=3.0, build=A), result(score=4.0, build=A),
+         result("clean-upstream", score=6.0, build=A)]
     rows = {r["build"]: r for r in model_detection_rows(a + b)}
-    assert set(rows) == {"H200, 2 cores", "upstream 66accfd0"}
-    assert rows["H200, 2 cores"]["auroc"] == 1.0 and rows["upstream 66accfd0"]["auroc"] == pytest.approx(0.5)
+    assert set(rows) == {B, "upstream 66accfd0"}
+    assert rows[B]["auroc"] == 1.0 and rows["upstream 66accfd0"]["auroc"] == pytest.approx(0.5)
     # pooled, every build-A positive would outrank every build-B control and the AUROC would read higher
     assert (rows["upstream 66accfd0"]["n_backdoored"], rows["upstream 66accfd0"]["n_clean"]) == (2, 2)
+    # one build: the row names none, and nothing is left out
+    assert model_detection_rows(b)[0]["build"] is None and model_detection_left_out(b) == []
+
+
+def test_detection_names_the_build_of_its_row_and_what_it_left_out():
+    """A second build holding only controls and null-attack cells gives no row: the one row names its build (the
+    scenario holds two), and the cells left out are counted by kind."""
+    from benchmark.report import left_out_note
+    from benchmark.results import model_detection_left_out, model_detection_rows
+    A, B = "a" * 64, "b" * 64
+    cells = [result(score=3.0, build=A), result("clean-upstream", score=1.0, build=A),
+             result("null-attack", attack="null", score=2.0, build=B), result("clean-upstream", score=2.5, build=B)]
+    (r,) = model_detection_rows(cells)
+    assert r["build"] == "upstream aaaaaaaa" and r["auroc"] == 1.0 and r["n_clean"] == 1
+    assert model_detection_left_out(cells) == [
+        {"defense": "linf", "build": "upstream bbbbbbbb", "backdoored": 0, "negatives": 2,
+         "why": "no backdoored transfers"}]
+    assert "has no backdoored transfers" in left_out_note(model_detection_left_out(cells)[0])
+    # positives and negatives in different builds: no row, a note per build
+    cells = [result(score=3.0, build=A), result(score=2.0, seed=1, build=A), result("clean-upstream", build=B)]
+    assert model_detection_rows(cells) == []
+    assert [(x["build"], x["backdoored"], x["negatives"]) for x in model_detection_left_out(cells)] == [
+        ("upstream aaaaaaaa", 2, 0), ("upstream bbbbbbbb", 0, 1)]
+    # a defense that never gives a model score is not detection's to leave out
+    assert model_detection_left_out([result(score=None, build=A), result("clean-upstream", score=None,
+                                                                         build=B)]) == []
+
+
+def test_build_labels_are_unique_and_builds_come_in_the_order_first_finished():
+    from benchmark.results import build_labels, upstream_builds
+    near = [result(build="ab12cd34" + "1" * 56), result(build="ab12cd34" + "2" * 56), result(build="c" * 64)]
+    assert list(build_labels(near).values()) == ["upstream ab12cd3411111111", "upstream ab12cd3422222222",
+                                                 "upstream cccccccc"]
+    cells = [result(defense=None, ca=0.75, seed=s, build="a" * 64, finished=day)
+             for s, day in ((0, "2026-11-02"), (1, "2026-11-03"))]
+    cells.append(result(defense=None, ca=0.76, gpu="H200", build="H200 build", finished="2026-11-01"))
+    builds = upstream_builds(cells)
+    assert [(b["label"], b["ca_upstream"], b["hardware"]) for b in builds] == [
+        ("H200 build", 0.76, "H200, 2 cores"), ("upstream aaaaaaaa", 0.75, "cpu, 2 cores")]
+    assert builds[1]["ca_transfer"] == [(0, pytest.approx(0.85)), (1, pytest.approx(0.85))]
