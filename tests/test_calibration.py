@@ -79,8 +79,9 @@ def test_the_defender_holds_untouched_upstream_samples(calib_env):
     r = run.runner
     spec = PluginSpec("badnets")
     planted = r.backdoored_upstream(spec, 0)
-    touched = r._attack(spec, planted).poison(r.data.up_train, sc.attack, r.ctx(0).generator(1)).indices
-    clean = r._defender_data(spec, planted, 0)
+    from benchmark.stages import defend
+    touched = r.env.attack(spec, planted).poison(r.data.up_train, sc.attack, r.ctx(0).generator(1)).indices
+    clean = defend.defender_data(r.env, spec, planted, 0)
     n = len(r.data.up_train)
     assert abs(len(clean) - sc.defender.budget * n) <= r.data.up_train.num_classes
     # every image the defender holds is an original, unpoisoned training image with its true label

@@ -202,11 +202,12 @@ def test_publish_then_run_from_the_zoo(hubenv, digits_env, tmp_path):
     home2.mkdir()
     run = Run(home2, registry, sc, [], zoo=Zoo(tmp_path / "zoo.yaml"))
     assert sorted(run.computed) == sorted(["upstream", "backdoor", "downstream", "downstream"] + ["eval"] * 4)
+    from benchmark.stages import upstream
     cell = run.cell(None)
     assert cell["attack"]["info"]["zoo"]["revision"] == entries[1]["revision"]
     assert run.runner.store.get(
-        "backdoor", {"zoo": run.runner._zoo_spec(Zoo(tmp_path / "zoo.yaml")[entries[1]["name"]]),
-                     "attack": run.runner._ident("attack", sc.attacks[0])}).meta["wall_time_s"] < 30
+        "backdoor", {"zoo": upstream.zoo_spec(Zoo(tmp_path / "zoo.yaml")[entries[1]["name"]]),
+                     "attack": run.runner.env.ident("attack", sc.attacks[0])}).meta["wall_time_s"] < 30
     # the published weights are exactly the ones built: same scores before and after transfer
     assert cell["metrics"] == first.cell(None)["metrics"]
 
