@@ -470,3 +470,18 @@ def test_cells_whose_defense_ran_outside_the_sandbox_are_marked(results_dir, tmp
     v1 = index().split("Scenario digits v1")[1]
     note = v1.split("Not sandboxed: ")[1].split("</p>")[0]
     assert "1 cell the defense ran in a plain process of its own" in note, note
+
+
+def test_scenarios_filed_under_archive_are_labelled(results_dir, tmp_path):
+    """leaderboard/results/archive/ holds superseded versions and side experiments: the site says so on their
+    section, and only there."""
+    out = tmp_path / "results"
+    shutil.copytree(results_dir, out, ignore=shutil.ignore_patterns("evil"))
+    (out / "archive").mkdir()
+    shutil.move(out / "digits-v2", out / "archive" / "digits-v2")
+    site.build(out, tmp_path / "site")
+    index = (tmp_path / "site/index.html").read_text()
+    v1, v2 = index.split("<h2>Scenario digits v1")[1], index.split("<h2>Scenario digits v2")[1]
+    assert v2.startswith(' <span class="note">(archive)</span>') and "Archived:" in v2.split("<h3>")[0]
+    assert not v1.startswith(" <span") and "Archived:" not in v1.split("<h3>")[0]
+    assert (tmp_path / "site/data/cells/archive/digits-v2/badnets/finetune/seed-0.json").is_file()
