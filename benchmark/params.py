@@ -40,7 +40,10 @@ class Interval:
         m = INTERVAL.match(str(text))
         if not m:
             raise Invalid(key, f"range must be an interval such as '[0, 1]', '(0, 1]' or '[1, inf)', got {text!r}")
-        lo, hi = float(m.group(2)), float(m.group(3))
+        try:
+            lo, hi = float(m.group(2)), float(m.group(3))
+        except ValueError:
+            raise Invalid(key, f"range {text!r}: its ends must be numbers or inf") from None
         if lo > hi:
             raise Invalid(key, f"range {text!r} is empty: {lo} > {hi}")
         return cls(lo, hi, m.group(1) == "[" and not math.isinf(lo), m.group(4) == "]" and not math.isinf(hi))

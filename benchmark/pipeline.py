@@ -139,6 +139,14 @@ class Runner:
     def position(self, defense: PluginSpec) -> str:
         return self.registry.plugin_class("defense", defense.name).position
 
+    def _position_of(self, defense: PluginSpec, scores: Optional[dict]) -> str:
+        """The defense's position for its result file; for a defense whose class cannot be loaded (its cell records
+        that error), what its scores show."""
+        try:
+            return self.position(defense)
+        except Exception:
+            return "data" if "sample_auroc" in ((scores or {}).get("defense") or {}) else "model"
+
     # ---------------------------------------------------------------- cells
     def run(self, attacks: list[PluginSpec] | None = None, defenses: list[PluginSpec] | None = None,
             seeds: list[int] | None = None) -> list[Result]:
@@ -279,7 +287,7 @@ class Runner:
             role=base["role"], attack=base["attack"], seed=seed,
             defense=None if defense is None else DefenseRef(
                 defense.id, defense.name, self.registry.resolve_params("defense", defense.name, defense.params),
-                self.position(defense), self.registry.code_hash("defense", defense.name)),
+                self._position_of(defense, scores), self.registry.code_hash("defense", defense.name)),
             status="ok" if error is None else "failed",
             metrics=Metrics.from_dict(scores, f"{sc.name}: the harness's scores"),
             info=_labelled(info),

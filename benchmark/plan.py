@@ -245,7 +245,7 @@ def progress(sc: Scenario, results: Path, registry) -> Progress:
         for d in missing:
             if d is not None:
                 add("defense", d)
-    defended = {r.defense_id for _, r in rows if r.role == "backdoored"}
+    defended = {r.defense_id for _, r in rows if r.role != "clean-upstream"}
     return Progress(sc, done, total, left["seconds"], left["unmeasured"], hardware,
                     all(d.id in defended for d in sc.defenses), sum(spent.values()))
 

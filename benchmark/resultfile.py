@@ -15,6 +15,7 @@ migrates them: `python ci/migrate_results_v2.py FOLDER`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ from .errors import BenchError
 
 SCHEMA_VERSION = 2
 SCHEMA = json.loads((resources.files("benchmark") / "schemas" / "result.schema.json").read_text())
-ROLES = ("backdoored", "null-attack", "clean-upstream")
 CLEAN_UPSTREAM = "clean-upstream"  # the role, and the folder its cells are written under in place of an attack id
 
 
@@ -69,6 +69,8 @@ class Pair:
     def from_dict(cls, d: Optional[dict], where: str) -> Optional["Pair"]:
         if d is None:
             return None
+        if "clean" not in d or "backdoored" not in d:
+            raise BenchError(f"{where}: a metrics section needs both 'clean' and 'backdoored' scores, got {sorted(d)}")
         return cls(_build(Scores, d["clean"], where), _build(Scores, d["backdoored"], where))
 
     def to_dict(self) -> dict:
@@ -197,7 +199,7 @@ class Result:
     artifacts: dict            # stage -> store key (a hash of the stage's inputs)
     weights: dict              # stage -> sha256 of its model's weights
     wall_time_s: dict          # stage -> seconds it took when built
-    upstream_build: Optional[str]  # which build of the clean upstream the cell descends from (see `build_label`)
+    upstream_build: Optional[str]  # which build of the clean upstream the cell descends from (see `label_of`)
     provenance: dict
     finished: str
     info: Optional[dict] = None    # the defense's free-form info
@@ -208,11 +210,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    @property
-    def is_control(self) -> bool:
-        """A negative of model-level detection: the clean-upstream or a null-attack transfer."""
-        return self.role != "backdoored"
 
     @property
     def attack_id(self) -> str:
@@ -227,17 +224,12 @@ class Result:
     def transfers(self) -> bool:
         return self.scenario.transfers
 
-    @property
-    def build_label(self) -> str:
-        """The upstream build in words: 'upstream <8 hex digits of its weights' sha256>', or the description a
-        migrated file carries for a build whose weights it never recorded (results.build_labels makes labels
-        unique within a set of cells)."""
-        return self.label_of(self.upstream_build)
-
     @staticmethod
     def label_of(build: Optional[str]) -> str:
+        """A build in words: 'upstream <8 hex digits of its weights' sha256>', or the description a migrated file
+        carries for a build whose weights it never recorded (results.build_labels makes labels unique)."""
         b = build or "build unknown"
-        return f"upstream {b[:8]}" if _is_sha(b) else b
+        return f"upstream {b[:8]}" if is_sha(b) else b
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod
@@ -272,7 +264,11 @@ class Result:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
 
 
-def _is_sha(s: str) -> bool:
+class OldResultFile(BenchError):
+    """A result file of an earlier version, which the reader refuses with the command that migrates it."""
+
+
+def is_sha(s: str) -> bool:
     return len(s) == 64 and all(ch in "0123456789abcdef" for ch in s)
 
 
@@ -288,16 +284,22 @@ def _finite(o):
     return o
 
 
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+    return jsonschema.Draft202012Validator(SCHEMA)
+
+
 def validate(d: Any, where: str = "result") -> None:
     """Raise BenchError listing every schema violation with its JSON path; a version 1 file gets the command that
     migrates it."""
     import jsonschema
 
     if isinstance(d, dict) and d.get("schema") == 1:
-        raise BenchError(f"{where}: a version 1 result file; migrate the folder it is in with "
+        raise OldResultFile(f"{where}: a version 1 result file; migrate the folder it is in with "
                          f"`python ci/migrate_results_v2.py FOLDER` (a bdbench checkout), then read it again")
     errors = []
-    for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(d):
+    for e in _validator().iter_errors(d):
         while e.context:  # an allOf/oneOf failure: report its most specific cause
             e = jsonschema.exceptions.best_match(e.context)
         errors.append(e)
@@ -325,6 +327,8 @@ def read_if_valid(path: Path) -> Optional[Result]:
     for the grid, to which such a file is an unfinished cell."""
     try:
         return read(path)
+    except OldResultFile:
+        raise  # not unfinished work to overwrite: the error says how to migrate it
     except (OSError, BenchError):
         return None
 

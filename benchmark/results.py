@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .metrics import mean_ci, model_detection
 from .provenance import hardware_label
-from .resultfile import Result, load, read_if_valid  # noqa: F401  (load: the results folder, for callers)
+from .resultfile import Result, is_sha, load, read_if_valid  # noqa: F401  (load: the results folder, for callers)
 
 
 def scenario_key(r: Result) -> tuple[str, int]:
@@ -50,17 +50,42 @@ def _stats(rows: list, getter) -> Stat:
     return s
 
 
+def build_identity(cells: list[Result]) -> dict:
+    """upstream_build -> the build it is. A file migrated from version 1 without recorded weights names its build
+    by a description; it is the same model as a build named by its weights' sha256 when cells of both name the same
+    stored upstream stage (the same artifact key and the same build event, its wall time), as happens when cells
+    are added to a scenario from the store that computed it. A cell that failed before the upstream existed (no
+    build) joins the only build there is, if there is one."""
+    events = defaultdict(set)  # (upstream key, build seconds) -> builds of the cells naming that stored stage
+    for c in cells:
+        key, wall = c.artifacts.get("upstream"), c.wall_time_s.get("upstream")
+        if c.upstream_build and key and wall is not None:
+            events[(key, wall)].add(c.upstream_build)
+    joined = defaultdict(set)  # description -> the shas it shares a stored stage with
+    for builds in events.values():
+        shas = {b for b in builds if is_sha(b)}
+        for b in builds - shas:
+            joined[b] |= shas
+    out = {c.upstream_build: c.upstream_build for c in cells}
+    out.update({d: next(iter(s)) for d, s in joined.items() if len(s) == 1})
+    known = {v for v in out.values() if v is not None}
+    if None in out and len(known) == 1:
+        out[None] = next(iter(known))
+    return out
+
+
 def build_labels(cells: list[Result]) -> dict:
-    """upstream_build -> its label in words (Result.build_label), unique among these cells: two builds whose
-    weights' sha256 share the first 8 hex digits are told with 16, then all 64."""
-    builds = sorted({c.upstream_build for c in cells}, key=lambda b: (b is None, b or ""))
+    """upstream_build -> the label in words of the build it is (build_identity; Result.label_of), unique among
+    these cells: two builds whose weights' sha256 share the first 8 hex digits are told with 16, then all 64."""
+    ident = build_identity(cells)
+    builds = sorted(set(ident.values()), key=lambda b: (b is None, b or ""))
     short = {b: Result.label_of(b) for b in builds}
-    out = {}
+    label = {}
     for b in builds:
         clash = [o for o in builds if o != b and short[o] == short[b]]
         n = next((n for n in (16, 64) if not any(o[:n] == b[:n] for o in clash)), 64) if clash else 0
-        out[b] = f"upstream {b[:n]}" if n else short[b]
-    return out
+        label[b] = f"upstream {b[:n]}" if n else short[b]
+    return {b: label[i] for b, i in ident.items()}
 
 
 def gives_model_score(c: Result) -> bool:
@@ -288,7 +313,7 @@ def defense_rows(cells: list[Result]) -> list[dict]:
         row = {"defense": defense, "name": cs[0].defense.name, "attack": attack, "position": cs[0].defense.position,
                "seeds": sorted({c.seed for c in ok}), "failed": len(cs) - len(ok),
                "errors": sorted({f"{c.error.type}: {c.error.message}" for c in cs if not c.ok and c.error}),
-               "wall": _stats(ok, lambda r: r.wall_time_s["defense"])}
+               "wall": _stats(ok, lambda r: r.wall_time_s.get("defense"))}
         for k in DEFENSE_SCORES:
             row[k] = _stats(ok, lambda r, k=k: r.metrics.defense.get(k))
         row["nonfinite"] = sum(bool(c.metrics.defense.nonfinite) for c in ok)

@@ -149,7 +149,7 @@ def build(results_dir: Path, out: Path, registry: Registry | None = None) -> dic
                           "retrained": results.retrained(cs),
                           "hardware": sorted(Counter(hardware_label(c) for c in cs).items()),
                           "unsandboxed": results.unsandboxed(cs),
-                          "archived": any(c.path.startswith(f"{ARCHIVE}/") for c in cs)})
+                          "archived": all(c.path.startswith(f"{ARCHIVE}/") for c in cs)})
 
     # downloads and provenance: every cell file, plus flat CSV and JSON
     for c in cells:

@@ -16,6 +16,9 @@ What changes in each file:
   for a commit that moved the submissions without changing what they compute (the move to benchmark.api, audited
   by running every attack and defense before and after on one scenario: identical weights and scores).
 
+Run it once on a whole folder: builds are inferred from the version 1 files it finds, so a folder migrated in
+parts would infer each part's builds without the others' evidence.
+
 Builds of a scenario's clean upstream: which trained model each result cell's numbers descend from.
 
 A stage key names a recipe, not a model: the same upstream recipe built again (on other hardware, or after its

@@ -198,3 +198,21 @@ def test_build_labels_are_unique_and_builds_come_in_the_order_first_finished():
     assert [(b["label"], b["ca_upstream"], b["hardware"]) for b in builds] == [
         ("H200 build", 0.76, "H200, 2 cores"), ("upstream aaaaaaaa", 0.75, "cpu, 2 cores")]
     assert builds[1]["ca_transfer"] == [(0, pytest.approx(0.85)), (1, pytest.approx(0.85))]
+
+
+def test_a_migrated_build_without_weights_is_the_build_its_stored_stage_names():
+    """Cells migrated from version 1 name their build by a description; cells added later from the same store
+    name it by its weights. They share the stored upstream stage (key and build event): one build, not two."""
+    from benchmark.results import build_labels, model_detection_left_out, model_detection_rows
+    old = "cpu, 2 cores, upstream CA 0.7500 (weights not recorded)"
+    cells = [result(score=3.0, build=old), result("clean-upstream", score=1.0, build=old),
+             result(score=2.5, seed=1, build="c" * 64), result("clean-upstream", score=2.0, seed=1, build="c" * 64),
+             result(status="failed", build=None)]
+    for c in cells[:4]:
+        c.artifacts, c.wall_time_s = {"upstream": "k"}, {"upstream": 520.5}
+    (r,) = model_detection_rows(cells)
+    assert r["build"] is None and (r["n_backdoored"], r["n_clean"], r["missing"]) == (3, 2, 1)
+    assert set(build_labels(cells).values()) == {"upstream cccccccc"} and model_detection_left_out(cells) == []
+    for c in cells[2:4]:
+        c.wall_time_s = {"upstream": 999.0}  # another build event: nothing joins them
+    assert len(set(build_labels(cells[:4]).values())) == 2

@@ -64,6 +64,9 @@ def test_migrating_a_folder_writes_version_2_once(digits_env, tmp_path, registry
         f.write_text(json.dumps(v1))
     with pytest.raises(BenchError, match="a version 1 result file; migrate .* ci/migrate_results_v2.py"):
         load(tmp_path / "r")
+    from benchmark.resultfile import read_if_valid
+    with pytest.raises(BenchError, match="a version 1 result file"):  # the grid says so, never overwrites it
+        read_if_valid(next((tmp_path / "r").rglob("*.json")))
     assert mig.migrate(tmp_path / "r", registry) == {"migrated": len(want), "already version 2": 0}
     got = {r.path: r for r in load(tmp_path / "r")}
     assert set(got) == set(want)

@@ -114,3 +114,9 @@ def test_submissions_import_only_the_api():
                 assert node.module == "benchmark.api", f"{f}: imports from {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("benchmark") for a in node.names), f"{f}: imports benchmark"
+
+
+def test_a_range_whose_ends_are_not_numbers_names_its_key():
+    with pytest.raises(Invalid) as e:
+        declare("x", {"default": 0.5, "range": "[., 1]"})
+    assert e.value.key == "x.range" and "must be numbers or inf" in e.value.message

@@ -8,10 +8,11 @@ import torch
 
 from benchmark import provenance
 from benchmark.pipeline import cell_path
+from benchmark.registry import Registry
 from benchmark.scenario import PluginSpec
 from benchmark.store import file_sha256
 
-from .conftest import Run
+from .conftest import REPO, Run, write_submission
 
 def test_backdoor_is_planted_upstream_and_the_clean_baseline_is_far_below(digits_env):
     *_, first, _ = digits_env
@@ -205,3 +206,18 @@ def test_adding_a_defense_leaves_finished_result_files_untouched(digits_env, tmp
     assert json.loads(files[None].read_text())["metrics"] == json.loads(stamp[None][1])["metrics"]  # rewritten
     assert again.cell("finetune")["finished"] == json.loads(stamp["finetune"][1])["finished"]
     assert cell_path(tmp_path / "results", sc, "badnets", "linf-pruning", 0).is_file()
+
+
+def test_a_defense_that_cannot_be_imported_is_a_failed_cell_and_the_others_complete(digits_env, tmp_path):
+    """Its class never loads, so neither its run nor its position can be asked of it: the cell still gets a file
+    with the error, and the run goes on."""
+    home, registry, sc, *_ = digits_env
+    subs = tmp_path / "subs"
+    write_submission(subs, "defense", "unimportable", "raise ImportError('a dependency is missing')\n")
+    reg = Registry([REPO / "submissions", home / "subs", subs], entry_points=False)
+    (tmp_path / "store").symlink_to(home / "store")
+    run = Run(tmp_path, reg, sc, ["unimportable", "finetune"])
+    bad = run.cell("unimportable")
+    assert bad["status"] == "failed" and "a dependency is missing" in bad["error"]["message"]
+    assert bad["defense"]["position"] == "model" and run.cell("finetune")["status"] == "ok"
+    assert cell_path(tmp_path / "results", sc, "badnets", "unimportable", 0).is_file()

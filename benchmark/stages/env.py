@@ -71,6 +71,3 @@ class Env:
                                                                        self.ctx(seed))
             self._replayed = (planted.key, seed, poisoning)
         return self._replayed[2]
-
-    def position(self, defense: PluginSpec) -> str:
-        return self.registry.plugin_class("defense", defense.name).position
