@@ -73,8 +73,9 @@ def _parquet_labels(folder: Path, split: str, column: str) -> Optional[frozenset
 
 def preflight(sc: Scenario, registry) -> None:
     """What would otherwise fail only after the clean upstream has trained (hours on a GPU tier): local data
-    folders that do not exist, `classes` or an attack target the data does not have, and plugin parameters the
-    plugin's own constructor rejects. Raises ConfigError / BenchError naming the file and key."""
+    folders that do not exist, `classes` or an attack target the data does not have, plugin parameters the
+    plugin's own constructor rejects, and pinned upstream weights whose package or file is not installed. Raises
+    ConfigError / BenchError naming the file and key."""
     from .errors import ConfigError
     base = sc.base_dir
     n_classes = {}
@@ -98,6 +99,9 @@ def preflight(sc: Scenario, registry) -> None:
     for kind, specs in (("attack", sc.attacks), ("defense", sc.defenses)):
         for i, spec in enumerate(specs):
             registry.create(kind, spec.name, spec.params, where=f"{sc.file}: key '{kind}s[{i}]'")
+    if sc.upstream.weights is not None:  # the pinned weights' package is installed and ships the file
+        from . import weights
+        weights.source(sc)
 
 
 @dataclass

