@@ -71,12 +71,6 @@ class Param:
     def type(self) -> type:
         return next(t for t in TYPES if isinstance(self.default, t))
 
-    def describe(self) -> str:
-        """The accepted values in words, e.g. 'float in (0, 1)' or 'one of add, average'."""
-        if self.choices is not None:
-            return "one of " + ", ".join(map(str, self.choices))
-        return self.type.__name__ + (f" in {self.range}" if self.range else "")
-
     def problem(self, v: Any) -> Optional[str]:
         """Why `v` is not an accepted value (None when it is)."""
         t = self.type

@@ -26,7 +26,7 @@ from .provenance import collect
 from .registry import Registry
 from .results import scoring_defenses
 from .resultfile import CLEAN_UPSTREAM, AttackRef, CellError, DefenseRef, Metrics, Result, ScenarioRef
-from .resultfile import read_if_valid, validate, write as write_result
+from .resultfile import read_if_valid, write as write_result
 from .scenario import PluginSpec, Scenario
 from .stages import backdoor, defend, evaluate, inspect, transfer, upstream
 from .stages.env import Data, Env
@@ -281,6 +281,8 @@ class Runner:
     def _write(self, base: dict, defense: Optional[PluginSpec], seed: int, stages: dict, scores: Optional[dict],
                info: Optional[dict] = None, error: Optional[BaseException] = None) -> Result:
         sc = self.scenario
+        # the weights behind each key: a stage retrained elsewhere (other hardware) keeps its key, not its sha
+        weights = {k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model}
         res = Result(
             scenario=ScenarioRef(sc.name, sc.version, sc.sha256, sc.recipe,
                                  None if sc.downstream.transfers else sc.downstream.protocol),
@@ -292,10 +294,8 @@ class Runner:
             metrics=Metrics.from_dict(scores, f"{sc.name}: the harness's scores"),
             info=_labelled(info),
             artifacts={k: v.key for k, v in stages.items()},
-            # the weights behind each key: a stage retrained elsewhere (other hardware) keeps its key, not its sha
-            weights={k: v.meta["model"]["sha256"] for k, v in stages.items() if v.has_model},
-            wall_time_s={k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
-            upstream_build=stages["upstream"].meta["model"]["sha256"] if "upstream" in stages else None,
+            weights=weights, wall_time_s={k: round(v.meta["wall_time_s"], 3) for k, v in stages.items()},
+            upstream_build=weights.get("upstream"),
             provenance={**collect(self.device), **({"isolation": stages["defense"].meta["isolation"]}
                                                    if "isolation" in getattr(stages.get("defense"), "meta", {})
                                                    else {})},
@@ -306,25 +306,24 @@ class Runner:
             self.log(f"[failed] {res.attack_id} / {defense.id if defense else 'none'} / seed {seed}: "
                      f"{type(error).__name__}: {error}")
         path = cell_path(self.results, sc, res.attack_id, defense.id if defense else None, seed)
-        validate(json.loads(res.dumps()), str(path))  # a harness bug fails its first cell, not every later read
-        kept = _unchanged(path, res)
+        # as it reads back (non-finite scores as null), validated: a harness bug fails its first cell, not every read
+        kept = _unchanged(path, Result.from_dict(json.loads(res.dumps()), str(path)))
         if kept is not None:  # the same finished cell from the same stages: keep its file and its provenance
             return kept
         write_result(path, res)  # validated; atomic: two runs writing the same cell leave one whole file
         return res
 
 
-def _unchanged(path: Path, res: Result) -> Optional[Result]:
+def _unchanged(path: Path, new: Result) -> Optional[Result]:
     """The result already at `path` when it is the same finished cell: status ok, same scenario, same
     artifacts (so the same stages computed its numbers), the same weights and the same metrics and info. Rewriting
     it would only replace the provenance of the code that computed those stages with that of the code that re-read
-    them."""
-    if not res.ok or not path.is_file():
+    them. `new`: the cell's record as it reads back."""
+    if not new.ok or not path.is_file():
         return None
     old = read_if_valid(path)
     if old is None:
         return None
-    new = Result.from_dict(res.to_dict())  # as it would read back (non-finite scores as null)
     same = all(getattr(old, k) == getattr(new, k) for k in ("status", "scenario", "role", "attack", "defense", "seed",
                                                             "artifacts", "metrics", "info"))
     # a file from before weights were recorded (migrated with none) says nothing against these

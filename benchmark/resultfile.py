@@ -165,7 +165,7 @@ class AttackRef:
     info: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "params": self.params, "code": self.code, "info": self.info}
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -177,7 +177,7 @@ class DefenseRef:
     code: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "params": self.params, "position": self.position, "code": self.code}
+        return dataclasses.asdict(self)
 
 
 @dataclass
