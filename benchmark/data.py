@@ -166,6 +166,17 @@ def _select(x, y, names, classes):
     return x[keep], remap[y[keep]], [names[c] for c in classes]
 
 
+def per_class(labels: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Indices (ascending) of at most k images of each class: a fixed draw (seed 0), so every scenario that asks
+    for k images per class of a dataset trains on the same images, and a larger k keeps a smaller k's."""
+    if k is None:
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(labels), generator=g)
+    keep = [order[labels[order] == c][:k] for c in torch.unique(labels)]
+    return torch.sort(torch.cat(keep)).values
+
+
 def load(spec: DataSpec, image: ImageSpec, cache_dir: Path, base_dir: Path | None = None) -> tuple[ImageSet, ImageSet]:
     """Return (train, test) image sets, decoding once and reusing the on-disk cache after that."""
     ident = {"format": CACHE_FORMAT, "data": to_dict(spec), "image": to_dict(image)}
@@ -185,6 +196,8 @@ def load(spec: DataSpec, image: ImageSpec, cache_dir: Path, base_dir: Path | Non
         xtr, ytr, names_sel = _select(xtr, ytr, names, spec.classes)
         xte, yte, _ = _select(xte, yte, names, spec.classes)
         names = names_sel
+        keep_tr, keep_te = per_class(ytr, spec.train_per_class), per_class(yte, spec.test_per_class)
+        xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
         t = {"train_x": _resize(_channels(xtr, image.channels), image.size), "train_y": ytr,
              "test_x": _resize(_channels(xte, image.channels), image.size), "test_y": yte}
         # the names first, then the tensors: a reader that finds the tensors finds their names (atomic.py)

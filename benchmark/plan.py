@@ -37,15 +37,12 @@ def sizes(spec: DataSpec, base: Path) -> tuple[Optional[int], Optional[int]]:
         return n - round(n * spec.test_fraction), round(n * spec.test_fraction)
     if spec.source == "local":
         folder = (base / spec.path).resolve()
-        try:
-            import pyarrow.parquet as pq
-            count = lambda split: sum(pq.ParquetFile(f).metadata.num_rows  # noqa: E731
-                                      for f in sorted((folder / "data").glob(f"{split}-*.parquet")))
-            tr, te = count(spec.train_split), count(spec.test_split)
-            if tr:
-                return tr, te
-        except Exception:  # noqa: BLE001 - fall back to the hints
-            pass
+        tr, te = (_count(_parquet_label_list(folder, split, spec.label_column), spec.classes, k)
+                  for split, k in ((spec.train_split, spec.train_per_class), (spec.test_split, spec.test_per_class)))
+        if tr:
+            return tr, te
+    if spec.train_per_class or spec.test_per_class:
+        return None, None  # the hints count the whole dataset
     return spec.n_train, spec.n_test
 
 
@@ -59,16 +56,28 @@ def labels(spec: DataSpec, base: Path) -> Optional[frozenset[int]]:
     return None
 
 
+def _count(labels: Optional[tuple[int, ...]], classes, per_class) -> Optional[int]:
+    if not labels:
+        return None
+    counts = Counter(v for v in labels if classes is None or v in classes)
+    return sum(min(n, per_class or n) for n in counts.values())
+
+
 @functools.lru_cache(maxsize=None)
-def _parquet_labels(folder: Path, split: str, column: str) -> Optional[frozenset[int]]:
+def _parquet_label_list(folder: Path, split: str, column: str) -> Optional[tuple[int, ...]]:
     """Read once per folder: a grid preflights every scenario, and most share their upstream data."""
     files = sorted((folder / "data").glob(f"{split}-*.parquet"))
     try:
         import pyarrow.parquet as pq
-        return frozenset(int(v) for f in files for v in pq.read_table(f, columns=[column]).column(column).to_pylist()) \
+        return tuple(int(v) for f in files for v in pq.read_table(f, columns=[column]).column(column).to_pylist()) \
             or None
     except Exception:  # noqa: BLE001 - another layout: the run's own loader checks it
         return None
+
+
+def _parquet_labels(folder: Path, split: str, column: str) -> Optional[frozenset[int]]:
+    values = _parquet_label_list(folder, split, column)
+    return frozenset(values) if values else None
 
 
 def preflight(sc: Scenario, registry) -> None:

@@ -38,6 +38,9 @@ class DataSpec:
     classes: Optional[list[int]] = None  # keep these labels, renumbered 0..k-1 in this order
     n_train: Optional[int] = field(default=None, metadata=ADDED)  # sizes, for `bdbench plan` when the data
     n_test: Optional[int] = field(default=None, metadata=ADDED)   # is not at hand
+    # at most this many images of each class, a fixed draw (seed 0) the same for every scenario that names it
+    train_per_class: Optional[int] = field(default=None, metadata=ADDED)
+    test_per_class: Optional[int] = field(default=None, metadata=ADDED)
 
     def check(self):
         if self.source == "hub":
@@ -51,6 +54,9 @@ class DataSpec:
             raise Invalid("test_fraction", "must lie in (0, 1)")
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
             raise Invalid("classes", "needs at least two distinct labels")
+        for key in ("train_per_class", "test_per_class"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise Invalid(key, "must be a positive number of images per class (or left out: all of them)")
 
 
 @dataclass
@@ -111,13 +117,16 @@ class Upstream:
     """The model pretrained on natural images: `arch` trained on `data` with `train`, from random weights,
     from timm's pretrained weights `pretrained` (a timm name with its tag, e.g. resnet50.tv_in1k, fetched
     from the Hub as safetensors), or from `weights` an installed package ships (PackageWeights); then trained with
-    `train` (epochs: 0 keeps them as they are). With another number of classes than the weights' the head is new."""
+    `train` (epochs: 0 keeps them as they are). With another number of classes than the weights' the head is new.
+    `protocol` is what `train` trains: every layer (full), or the head alone on frozen pretrained features (linear:
+    the pretrained network itself with a head for the upstream classes, its weights as published)."""
     data: DataSpec
     arch: str
     train: Recipe
     seed: int = 0
     pretrained: Optional[str] = field(default=None, metadata=ADDED)
     weights: Optional[PackageWeights] = field(default=None, metadata=ADDED)
+    protocol: Literal["full", "linear"] = field(default="full", metadata=ADDED)
 
     def check(self):
         import timm
@@ -125,6 +134,9 @@ class Upstream:
         from . import architectures  # noqa: F401  (the networks this project registers with timm)
         if self.pretrained is not None and self.weights is not None:
             raise Invalid("weights", "give either `pretrained` (a timm tag) or `weights` (a package's file), not both")
+        if self.protocol == "linear" and self.pretrained is None and self.weights is None:
+            raise Invalid("protocol", "'linear' trains a head on pretrained features: give `pretrained` or `weights`, "
+                                      "or train every layer (protocol: full)")
         if self.pretrained is not None:
             if self.pretrained.split(".")[0] != self.arch:
                 raise Invalid("pretrained",

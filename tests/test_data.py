@@ -77,3 +77,23 @@ def test_shared_chest_xray_loads(tmp_path):
     assert tr.num_classes == 2 and len(tr) == 4167 and len(te) == 1049
     assert tr.images.shape[1:] == (3, 32, 32)
     assert 0.2 < float((tr.labels == 0).float().mean()) < 0.32  # ~26% NORMAL
+
+
+def test_per_class_keeps_a_fixed_nested_draw_of_each_class(tmp_path):
+    from benchmark.data import per_class
+    from benchmark.plan import sizes
+
+    labels = torch.tensor([0, 1, 2] * 10 + [2] * 5)  # class 2 has 15 images
+    two, four = per_class(labels, 2), per_class(labels, 4)
+    assert torch.equal(torch.bincount(labels[two]), torch.tensor([2, 2, 2]))
+    assert set(two.tolist()) <= set(four.tolist())  # a larger k keeps a smaller k's images
+    assert torch.equal(per_class(labels, 2), two) and torch.equal(per_class(labels, None), torch.arange(35))
+    assert torch.equal(two, torch.sort(two).values)
+
+    src = make_hf_folder(tmp_path / "repo", n_train=12, n_test=9)
+    spec = DataSpec(source="local", path=str(src), image_column="img", train_per_class=3, test_per_class=1)
+    full, _ = load(DataSpec(source="local", path=str(src), image_column="img"), ImageSpec(size=8), tmp_path / "c1")
+    tr, te = load(spec, ImageSpec(size=8), tmp_path / "c2")
+    assert len(tr) == 9 and torch.equal(torch.bincount(tr.labels), torch.tensor([3, 3, 3])) and len(te) == 3
+    assert torch.equal(tr.images, full.images[per_class(full.labels, 3)])  # the same images, not resampled
+    assert sizes(spec, tmp_path) == (9, 3)  # `bdbench plan` counts what the run will train on

@@ -46,6 +46,7 @@ def test_shipped_scenarios_load(registry):
     (("downstream", "protocol"), "last_blocks", False, "downstream.blocks", "needs 'blocks'"),
     (("upstream", "arch"), "resnet-eighteen", False, "upstream.arch", "unknown timm model"),
     (("upstream", "data", "source"), "hub", False, "upstream.data.id", "needs 'id'"),
+    (("upstream", "data", "train_per_class"), 0, False, "upstream.data.train_per_class", "positive number"),
     (("upstream", "dropout"), 0.1, False, "upstream.dropout", "unknown key"),
     (("seeds",), [0, "one"], False, "seeds[1]", "expected int"),
     (("attacks",), [{"params": {}}], False, "attacks[0].name", "missing required key"),

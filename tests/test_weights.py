@@ -129,3 +129,49 @@ def test_a_scenario_pins_its_weights_and_the_clean_upstream_starts_from_them(reg
     f.write_text(yaml.safe_dump(base))
     with pytest.raises(ConfigError, match="not both"):
         load_scenario(str(f), registry)
+
+
+def test_a_chain_from_imagenet_weights_trains_only_the_head_upstream(registry, tmp_path, monkeypatch):
+    """The pretrained tier's clean upstream (protocol linear) is the published network with a head fitted on frozen
+    features: no layer but the head moves, and the chain runs on from it (stages counted). Protocol linear without
+    pretrained weights is refused."""
+    import yaml
+
+    from benchmark import training
+    from benchmark.stages import upstream
+
+    from .conftest import Run
+    base = yaml.safe_load((REPO / "benchmark/scenarios/digits.yaml").read_text())
+    base["image"] = {"size": 32, "channels": 3}
+    base["upstream"].update(arch="tf_efficientnet_lite0", weights=dict(LITE0.__dict__), protocol="linear",
+                            train={"epochs": 1, "lr": 0.01, "batch_size": 16})
+    base["upstream"]["data"]["train_per_class"] = base["downstream"]["data"]["train_per_class"] = 16
+    base["attack"]["inject"] = base["downstream"]["train"] = {"epochs": 1, "lr": 0.001, "batch_size": 16}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(base))
+    sc = load_scenario(str(f), registry)
+    fits = []
+    real_fit = training.fit
+
+    def fit(model, data, recipe, **kw):
+        fits.append((kw.get("desc"), len(data), {n for n, p in model.named_parameters() if p.requires_grad}))
+        return real_fit(model, data, recipe, **kw)
+    monkeypatch.setattr(training, "fit", fit)
+    run = Run(tmp_path / "home", registry, sc, [], seeds=[0])
+    assert sorted(run.computed) == sorted(["upstream", "backdoor", "downstream", "downstream"] + ["eval"] * 4)
+    desc, n, trained = fits[0]
+    assert desc.startswith("clean upstream") and n == 5 * 16
+    assert trained == {"net.classifier.weight", "net.classifier.bias"}  # the ImageNet body stays as published
+    assert all(len(t) > 2 for d, _, t in fits[1:])  # the attack and the victims fine-tune every layer
+    assert run.results[0].ok and run.results[0].metrics.upstream.clean.ca is not None
+
+    from safetensors.torch import load_file
+    published = load_file(str(next((tmp_path / "home/store/weights").glob("*.safetensors"))))
+    clean = run.runner.store.get(upstream.STAGE, upstream.spec(sc)).model().net.state_dict()
+    body = [k for k in published if not k.startswith("classifier.")]
+    assert all(torch.equal(clean[k], published[k]) for k in body)  # running statistics included
+    base["upstream"].pop("weights")
+    f.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError) as e:
+        load_scenario(str(f), registry)
+    assert e.value.key == "upstream.protocol" and "pretrained" in str(e.value)
