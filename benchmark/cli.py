@@ -231,7 +231,8 @@ def cmd_headline(args) -> int:
     cells = [c for c in results.load(Path(args.results))
              if not args.scenario or any(fnmatch.fnmatch(c.scenario.name, g) for g in args.scenario)]
     if args.markdown:
-        print(headline_markdown(cells), end="")
+        from .gridfile import tiers
+        print(headline_markdown(cells, tiers()), end="")
     else:
         print_headline(cells)
     return 0

@@ -175,6 +175,21 @@ def expansion_names() -> dict[str, list[str]]:
     return out
 
 
+def tiers() -> dict[tuple[str, int], tuple[str, str]]:
+    """(name, version) of each shipped grid's scenarios -> (tier, application): the tier is the grid and its
+    upstream architecture (e.g. 'cpu: resnet18', 'pretrained: tf_efficientnet_lite0'), the application the name of
+    the downstream dataset. Only the versions the grid files name now: the current tier, not its archive."""
+    out = {}
+    for p in sorted(SHIPPED.glob("*.yaml")):
+        is_grid, scenarios = _quiet_load(p)
+        for s in scenarios if is_grid else ():
+            d = s.downstream.data
+            if d is not None:
+                app = Path(d.path).name if d.source == "local" else (d.id or d.source).split("/")[-1]
+                out[(s.name, s.version)] = (f"{p.stem}: {s.upstream.arch}", app)
+    return out
+
+
 def known_scenarios(repo: Optional[Path] = None) -> list[tuple[str, Scenario]]:
     """Every scenario this checkout can run, as (the command prefix that runs it, the scenario): `bdbench run NAME`
     (shipped), `bdbench grid GRID --scenario NAME` (a shipped grid's expansion), or for a file under

@@ -272,6 +272,28 @@ def headline(cells: list[Result]) -> dict:
     return {"attacks": sorted({a for r in rows for a in r["entries"]}), "rows": rows}
 
 
+def by_tier(cells: list[Result], tiers: dict[tuple[str, int], tuple[str, str]]) -> dict:
+    """The headline across tiers: for each application and tier (`tiers`: (scenario name, version) -> (tier,
+    application), e.g. gridfile.tiers()), over the attacks of that scenario version's headline row: how many were
+    run, how many planted their backdoor upstream (IMPLANTED_ASR), how many of those survive transfer (the lift's
+    95% interval lies above 0, which needs two seeds or more), and the median lift of the implanted ones.
+    Returns {"tiers": [...], "applications": {application: {tier: entry}}}."""
+    from statistics import median
+    apps: dict = defaultdict(dict)
+    for r in headline(cells)["rows"]:
+        where = tiers.get((r["scenario"], r["version"]))
+        if where is None:
+            continue
+        tier, app = where
+        lifts = [e["lift"] for e in r["entries"].values() if e["implanted"]]
+        apps[app][tier] = {"key": r["key"], "attacks": len(r["entries"]), "implanted": len(lifts),
+                           "survive": sum(1 for v in lifts if v.half is not None and v.mean - v.half > 0),
+                           "median_lift": median(v.mean for v in lifts) if lifts else None,
+                           "seeds": min(e["seeds"] for e in r["entries"].values())}
+    order = sorted({t for a in apps.values() for t in a})
+    return {"tiers": order, "applications": dict(sorted(apps.items()))}
+
+
 # Harness changes that altered what some committed cells would measure, without changing any plugin's code (so the
 # code hashes cannot tell): the site marks the rows whose cells finished before the fix. See CHANGELOG.md.
 HARNESS_CHANGES = [

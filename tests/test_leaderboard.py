@@ -292,10 +292,11 @@ def test_headline_marks_backdoors_never_implanted_upstream():
 
 def test_the_findings_page_is_generated_from_the_committed_results():
     """docs/findings.md is `bdbench leaderboard headline --markdown` of the committed results, never typed."""
+    from benchmark.gridfile import tiers
     from benchmark.report import headline_markdown
     from tests.conftest import REPO
     page = (Path(REPO) / "docs" / "findings.md").read_text()
-    assert page == headline_markdown(resultfile.load(Path(REPO) / "leaderboard" / "results")), \
+    assert page == headline_markdown(resultfile.load(Path(REPO) / "leaderboard" / "results"), tiers()), \
         "regenerate it: bdbench leaderboard headline --markdown > docs/findings.md"
 
 
@@ -485,3 +486,26 @@ def test_scenarios_filed_under_archive_are_labelled(results_dir, tmp_path):
     assert v2.startswith(' <span class="note">(archive)</span>') and "Archived:" in v2.split("<h3>")[0]
     assert not v1.startswith(" <span") and "Archived:" not in v1.split("<h3>")[0]
     assert (tmp_path / "site/data/cells/archive/digits-v2/badnets/finetune/seed-0.json").is_file()
+
+
+def test_across_tiers_counts_implanted_attacks_that_survive_transfer():
+    """results.by_tier: per application and tier, the implanted attacks (ASR before transfer >= 0.5) whose paired
+    lift's 95% interval lies above 0; a scenario version no grid names now (an archived one) is left out."""
+    from benchmark.gridfile import tiers
+    from benchmark.report import headline_markdown
+    cells = [_cell("s-big", "badnets", s, 0.9, 0.1 + s / 100) for s in range(3)]          # survives
+    cells += [_cell("s-big", "blended", s, 0.5 + s / 5, 0.5) for s in range(3)]           # interval spans 0
+    cells += [_cell("s-big", "wanet", s, 0.9, 0.1, asr_up=0.2) for s in range(3)]         # never implanted
+    cells += [_cell("s-small", "badnets", s, 0.3, 0.1 + s / 100) for s in range(3)]       # survives, smaller
+    cells += [_cell("s-old", "badnets", s, 0.9, 0.1) for s in range(3)]
+    where = {("s-big", 1): ("cpu: big", "chest"), ("s-small", 1): ("cpu: small", "chest")}
+    t = results.by_tier(cells, where)
+    assert t["tiers"] == ["cpu: big", "cpu: small"] and list(t["applications"]) == ["chest"]
+    big = t["applications"]["chest"]["cpu: big"]
+    assert (big["attacks"], big["implanted"], big["survive"], big["seeds"]) == (3, 2, 1, 3)
+    assert big["median_lift"] == pytest.approx((0.79 + 0.2) / 2)
+    assert t["applications"]["chest"]["cpu: small"]["survive"] == 1
+    page = headline_markdown(cells, where)
+    assert "| chest | 1 of 2 implanted survive (3 attacks; median lift 0.49; s-big-v1, 3+ seeds) |" in page
+    assert ("pre-imagenet-chest", 1) in tiers() and tiers()[("cpu-cifar10-gtsrb-resnet18", 3)] == \
+        ("cpu: resnet18", "gtsrb-13k")
