@@ -161,6 +161,17 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_derive(args) -> int:
+    from . import derive
+    if args.name is None:
+        for d in sorted(derive.REGISTRY.values(), key=lambda d: d.name):
+            src = f"{d.id}@{d.revision}" if d.id else f"download: {d.where}"
+            print(f"{d.name}: {d.description} [{src}; content {'pinned' if d.sha256 else 'not yet pinned'}]")
+        return 0
+    derive.derive(args.name, Path(args.workdir), Path(args.source) if args.source else None)
+    return 0
+
+
 def cmd_publish(args) -> int:
     import os
     import torch
@@ -377,6 +388,16 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--dry-run", action="store_true", help="write the folder only, even with HF_TOKEN set")
     pb.add_argument("--workdir", default=str(_home()), help="the artifact store the stage was run in")
     pb.set_defaults(fn=cmd_publish)
+
+    da = sub.add_parser("data", help="datasets drawn from public sources (the subsets a paper used)")
+    das = da.add_subparsers(dest="data_cmd", required=True)
+    dd = das.add_parser("derive", help="draw a derived dataset into <workdir>/derived/NAME (no NAME: list them)")
+    dd.add_argument("name", nargs="?", help="a derivation of benchmark/derive.py, e.g. matsuo-lfw-bush")
+    dd.add_argument("--source", metavar="DIR", help="read a local copy of the source instead of the Hub (a folder "
+                                                     "datasets.load_dataset reads; needed where the source is not on "
+                                                     "the Hub)")
+    dd.add_argument("--workdir", default=str(_home()), help="where scenarios look for it [$BDBENCH_HOME]")
+    dd.set_defaults(fn=cmd_derive)
 
     lb = sub.add_parser("leaderboard", parents=[common], help="the static leaderboard site")
     lbs = lb.add_subparsers(dest="action", required=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import atomic
+from . import atomic, derive
 from .config import to_dict
 from .errors import BenchError
 from .scenario import DataSpec, ImageSpec
@@ -136,6 +136,9 @@ def _hf(spec: DataSpec, image: ImageSpec, base_dir: Path):
 
     if spec.source == "hub":
         where, args = f"{spec.id}@{spec.revision}", dict(path=spec.id, revision=spec.revision)
+    elif spec.source == "derived":
+        folder = derive.folder(base_dir, spec.name)
+        where, args = str(folder), dict(path=str(folder))
     else:
         folder = (base_dir / Path(spec.path).expanduser()).resolve()
         if not folder.exists():
@@ -182,6 +185,8 @@ def load(spec: DataSpec, image: ImageSpec, cache_dir: Path, base_dir: Path | Non
     ident = {"format": CACHE_FORMAT, "data": to_dict(spec), "image": to_dict(image)}
     if spec.source == "local":
         ident["folder"] = str((Path(base_dir or ".") / Path(spec.path).expanduser()).resolve())
+    if spec.source == "derived":  # checked against its pin; the cache follows its content
+        ident["content"] = derive.manifest(Path(cache_dir).parent, spec.name)["content_sha256"]
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.exists():
@@ -192,7 +197,8 @@ def load(spec: DataSpec, image: ImageSpec, cache_dir: Path, base_dir: Path | Non
         if spec.source == "sklearn-digits":
             (xtr, ytr), (xte, yte), names = _digits(spec)
         else:
-            (xtr, ytr), (xte, yte), names = _hf(spec, image, Path(base_dir or "."))
+            where = Path(cache_dir).parent if spec.source == "derived" else Path(base_dir or ".")
+            (xtr, ytr), (xte, yte), names = _hf(spec, image, where)
         xtr, ytr, names_sel = _select(xtr, ytr, names, spec.classes)
         xte, yte, _ = _select(xte, yte, names, spec.classes)
         names = names_sel

@@ -25,8 +25,9 @@ SHIPPED = resources.files("benchmark") / "scenarios"
 class DataSpec:
     """Where images come from. `hub`: a Hub dataset id pinned by revision; `local`: a folder
     `datasets.load_dataset` can read (relative paths resolve against the scenario file);
-    `sklearn-digits`: the 8x8 handwritten digits shipped inside scikit-learn (offline)."""
-    source: Literal["hub", "local", "sklearn-digits"]
+    `sklearn-digits`: the 8x8 handwritten digits shipped inside scikit-learn (offline); `derived`: a subset drawn
+    from public data by `bdbench data derive NAME` (benchmark/derive.py), found by `name` beside the store."""
+    source: Literal["hub", "local", "sklearn-digits", "derived"]
     id: Optional[str] = None
     revision: Optional[str] = None
     path: Optional[str] = None
@@ -41,6 +42,7 @@ class DataSpec:
     # at most this many images of each class, a fixed draw (seed 0) the same for every scenario that names it
     train_per_class: Optional[int] = field(default=None, metadata=ADDED)
     test_per_class: Optional[int] = field(default=None, metadata=ADDED)
+    name: Optional[str] = field(default=None, metadata=ADDED)  # source derived: the derivation's name
 
     def check(self):
         if self.source == "hub":
@@ -50,6 +52,11 @@ class DataSpec:
                 raise Invalid("revision", "a hub dataset must be pinned: give 'revision' (a commit sha or tag)")
         if self.source == "local" and not self.path:
             raise Invalid("path", "a local dataset needs 'path' (a folder datasets.load_dataset can read)")
+        if self.source == "derived":
+            from .derive import REGISTRY
+            if self.name not in REGISTRY:
+                raise Invalid("name", f"a derived dataset needs 'name', one of {', '.join(sorted(REGISTRY))} "
+                                      f"(got {self.name!r})")
         if not 0 < self.test_fraction < 1:
             raise Invalid("test_fraction", "must lie in (0, 1)")
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
