@@ -171,8 +171,9 @@ def _select(x, y, names, classes):
 
 def per_class(labels: torch.Tensor, k: int | None) -> torch.Tensor:
     """Indices (ascending) of at most k images of each class: a fixed draw (seed 0), so every scenario that asks
-    for k images per class of a dataset trains on the same images, and a larger k keeps a smaller k's."""
-    if k is None:
+    for k images per class of a dataset (with the same `classes`) trains on the same images, and a larger k keeps a
+    smaller k's."""
+    if k is None or len(labels) == 0:
         return torch.arange(len(labels))
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(labels), generator=g)

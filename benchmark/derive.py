@@ -1,17 +1,19 @@
-"""Derived datasets: the subsets a paper used, drawn from public data by one command, the same bytes for everyone.
+"""Derived datasets: the subsets a paper used, drawn from public data by one command, checkable by a content hash.
 
-    bdbench data derive matsuo-lfw-bush            # reads the pinned public source, writes <workdir>/derived/NAME
+    bdbench data derive matsuo-lfw-bush            # reads the named public source, writes <workdir>/derived/NAME
     bdbench data derive matsuo-aider --source DIR  # a source the user downloads (or a local copy of a Hub one)
 
 A derivation names its source (a Hub dataset id at a revision, or where to download it), its classes, how a source
-row gets its label, and how each output split is drawn: per class, at most `take` images, of which the last `test`
-go to the test split, choosing by the sha256 of the image bytes (so the choice does not depend on the order in which
-the source delivers its rows), or the first ones in the source's order (`order="source"`, for sources too large to
-read whole; the revision pins the order). Images are copied byte for byte, never re-encoded. The output folder has
-the Hub layout (`data/{train,test}-00000-of-00001.parquet`), which a scenario reads with
-`data: {source: derived, name: NAME}`, and a `manifest.json` whose `content_sha256` hashes the class names and, per
-split and row, the label and the sha256 of the image bytes (not the parquet files, whose writer metadata varies
-between library versions). A derivation that pins `sha256` refuses any other content.
+row gets its label, and how each output split is drawn: per class (or per group, e.g. per person), `take` images, of
+which the last `test` go to the test split, choosing by the sha256 of the image bytes (so the choice does not depend
+on the order in which the source delivers its rows), or the first ones in the source's order (`order="source"`, for
+sources too large to read whole; the source's revision fixes the order). Images are copied byte for byte, never
+re-encoded. The output folder has the Hub layout (`data/{train,test}-00000-of-00001.parquet`), which a scenario reads
+with `data: {source: derived, name: NAME}`, and a `manifest.json` whose `content_sha256` hashes the class names and,
+per split and row, the label and the sha256 of the image bytes (not the parquet files, whose writer metadata varies
+between library versions). A derivation that pins `sha256` refuses any other content. Until a derivation is pinned,
+deriving it again from a source that changed gives other data under the same scenario settings, which the data cache
+notices but the stage keys do not: derive into a fresh --workdir.
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Draw:
-    """From one group of a source split (a class, or e.g. one person): at most `take` images (all if None; "balance":
-    as many as the smallest group has), of which the last `test`, or the last `test_fraction` (rounded), in the
-    draw's order go to the test split and the rest to the train split."""
+    """From one group of a source split (a class, or e.g. one person): `take` images (an error if it has fewer; all
+    if None; "balance": as many as the smallest group has), of which the last `test`, or the last `test_fraction`
+    (rounded), in the draw's order go to the test split and the rest to the train split."""
     take: Optional[int | str] = None
     test: Optional[int] = None
     test_fraction: Optional[float] = None
@@ -57,6 +59,7 @@ class Derivation:
     sha256: Optional[str] = None      # the pinned content hash, once a maintainer has derived it
     paper: str = ""
     columns: tuple[str, ...] = field(default=())  # the source columns the label reads (checked before reading)
+    check_names: bool = False         # the source's `label` class names must equal `classes`, in order
 
 
 REGISTRY: dict[str, Derivation] = {}
@@ -101,29 +104,41 @@ def _rows(d: Derivation, source: Optional[Path], split: str):
     if missing:
         raise BenchError(f"derive {d.name}: the source has no column {', '.join(map(repr, missing))} (it has "
                          f"{ds.column_names}): not the dataset this derivation reads")
+    names = getattr((ds.features or {}).get("label"), "names", None)
+    if d.check_names and names is not None and list(names) != list(d.classes):
+        raise BenchError(f"derive {d.name}: the source's classes are {names}, the derivation's {list(d.classes)} in "
+                         f"this order (a stray or renamed folder in a downloaded copy?)")
     ds = ds.cast_column(d.image_column, datasets.Image(decode=False))
     for row in ds:
         yield row, _image_bytes(row[d.image_column], source)
 
 
 def select(d: Derivation, source: Optional[Path] = None) -> dict[str, list[tuple[int, str, bytes]]]:
-    """Output split ("train", "test") -> [(label, image sha256, image bytes)] sorted by (label, sha256)."""
+    """Output split ("train", "test") -> [(label, image sha256, image bytes)] sorted by (label, sha256). An image
+    whose exact bytes recur is kept once: in the first source split of `draws` that has it, and not at all where its
+    copies disagree on label or group (which copy came first must not matter)."""
     out: dict[str, list] = {"train": [], "test": []}
     group_of = d.group or d.label
+    taken: set[str] = set()  # images of earlier source splits
     for split, plan in d.draws.items():
-        picked: dict = {} if isinstance(plan, Draw) else {g: [] for g in plan}
-        seen: set[str] = set()
+        picked: dict = {} if isinstance(plan, Draw) else {g: {} for g in plan}
+        where: dict[str, set] = {}  # digest -> the (label, group) pairs its copies carry
         for row, data in _rows(d, source, split):
             c, g = d.label(row), group_of(row)
             if c is None or g is None or not (isinstance(plan, Draw) or g in plan):
                 continue
+            draw = plan if isinstance(plan, Draw) else plan[g]
+            if d.order == "source" and isinstance(draw.take, int) and len(picked.get(g, ())) >= draw.take:
+                continue  # this group is full: neither hashed nor held
             digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:  # an exact duplicate image would sit in both splits or count twice
+            if digest in taken:
                 continue
-            seen.add(digest)
-            picked.setdefault(g, []).append((c, digest, data))
+            where.setdefault(digest, set()).add((c, g))
+            picked.setdefault(g, {})[digest] = (c, digest, data)
             if d.order == "source" and _full(d, plan, picked):
                 break  # every group full: a streamed source need not be read to its end
+        clash = {h for h, labels in where.items() if len(labels) > 1}
+        picked = {g: [r for h, r in rows.items() if h not in clash] for g, rows in picked.items()}
         smallest = min((len(rows) for rows in picked.values()), default=0)
         for g, rows in sorted(picked.items(), key=lambda kv: str(kv[0])):
             draw = plan if isinstance(plan, Draw) else plan[g]
@@ -134,16 +149,19 @@ def select(d: Derivation, source: Optional[Path] = None) -> dict[str, list[tuple
                 raise BenchError(f"derive {d.name}: {g!r} has {len(rows)} images in split {split!r}, the derivation "
                                  f"takes {take}")
             rows = rows[:take] if take is not None else rows
-            cut = len(rows) - draw.n_test(len(rows))
-            out["train"].extend(rows[:cut])
-            out["test"].extend(rows[cut:])
+            n_test = draw.n_test(len(rows))
+            if not 0 <= n_test <= len(rows):
+                raise BenchError(f"derive {d.name}: {g!r} has {len(rows)} images in split {split!r}, the derivation "
+                                 f"holds out {n_test} for test")
+            out["train"].extend(rows[:len(rows) - n_test])
+            out["test"].extend(rows[len(rows) - n_test:])
+        taken |= set(where)
     return {k: sorted(v, key=lambda r: (r[0], r[1])) for k, v in out.items() if v}
 
 
 def _full(d: Derivation, plan, picked: dict) -> bool:
     if isinstance(plan, Draw):
-        n = len(d.classes) if d.group is None else None
-        return (n is not None and isinstance(plan.take, int) and len(picked) == n
+        return (d.group is None and isinstance(plan.take, int) and len(picked) == len(d.classes)
                 and all(len(v) >= plan.take for v in picked.values()))
     return all(isinstance(draw.take, int) and len(picked[g]) >= draw.take for g, draw in plan.items())
 
@@ -183,8 +201,12 @@ def derive(name: str, workdir: Path, source: Optional[Path] = None, log=print) -
                 "counts": {s: [sum(1 for r in rows if r[0] == c) for c in range(len(d.classes))]
                            for s, rows in splits.items()}}
     atomic.write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)  # set aside, not deleted, until the new folder is in place
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     log(f"derived {name} into {out}: " + ", ".join(f"{s} {sum(c)}" for s, c in manifest["counts"].items())
         + f"; content sha256 {digest}" + ("" if d.sha256 else " (not pinned: pin it in benchmark/derive.py)"))
     return manifest
@@ -226,15 +248,12 @@ register(Derivation(
     classes=("others", "George_W_Bush"),
     label=lambda row: 1 if _lfw_identity(row) == "George_W_Bush" else 0,
     group=_lfw_identity,
-    draws={"train": {"George_W_Bush": Draw(take=530, test=110),
+    draws={"train": {"George_W_Bush": Draw(test=110),  # all of his (530 in LFW)
                      **{who: Draw(take=n, test=10) for who, n in LFW_OTHERS.items()}}}))
 
 
 def _utk_age(row) -> Optional[int]:
-    if "age" in row:
-        return int(row["age"])
-    key = str(row.get("__key__", "")).rsplit("/", 1)[-1]
-    return int(key.split("_")[0]) if key.split("_")[0].isdigit() else None
+    return None if row["age"] is None else int(row["age"])
 
 
 register(Derivation(
@@ -249,7 +268,7 @@ register(Derivation(
     name="matsuo-chest-xray", paper=MATSUO, id="hf-vision/chest-xray-pneumonia",
     revision="c1a67c18df1a52ec332ffc00418f4eaa61a9f2bc", columns=("label",),
     description="Kermany chest X-rays, NORMAL vs PNEUMONIA, balanced: 900 + 270 per class from the train split",
-    classes=("NORMAL", "PNEUMONIA"), label=lambda row: int(row["label"]),
+    classes=("NORMAL", "PNEUMONIA"), label=lambda row: int(row["label"]), check_names=True,
     draws={"train": Draw(take=1170, test=270)}))
 
 register(Derivation(
@@ -257,7 +276,7 @@ register(Derivation(
                                            "per class)", columns=("label",),
     description="AIDER aerial emergency images, 5 classes; per class the paper's test counts held out",
     classes=("collapsed_building", "fire", "flooded_areas", "normal", "traffic_incident"),
-    label=lambda row: int(row["label"]),
+    label=lambda row: int(row["label"]), check_names=True,
     draws={"train": {0: Draw(test=145), 1: Draw(test=150), 2: Draw(test=150), 3: Draw(test=1540),
                      4: Draw(test=140)}}))  # the classes are the folders in sorted order, as in the paper's code
 
@@ -267,4 +286,4 @@ register(Derivation(
     description="ImageNet-1k: the first 100 training images of each class in the source's order (100,000), and "
                 "the whole validation split (50 per class) as the test set",
     classes=tuple(str(i) for i in range(1000)), label=lambda row: int(row["label"]),
-    draws={"train": Draw(take=100), "validation": Draw(take=50, test=50)}))
+    draws={"train": Draw(take=100), "validation": Draw(test_fraction=1.0)}))

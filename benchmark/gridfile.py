@@ -179,14 +179,19 @@ def tiers() -> dict[tuple[str, int], tuple[str, str]]:
     """(name, version) of each shipped grid's scenarios -> (tier, application): the tier is the grid and its
     upstream architecture (e.g. 'cpu: resnet18', 'pretrained: tf_efficientnet_lite0'), the application the name of
     the downstream dataset. Only the versions the grid files name now: the current tier, not its archive."""
-    out = {}
+    out, claimed = {}, {}
     for p in sorted(SHIPPED.glob("*.yaml")):
         is_grid, scenarios = _quiet_load(p)
         for s in scenarios if is_grid else ():
             d = s.downstream.data
-            if d is not None:
-                app = Path(d.path).name if d.source == "local" else (d.id or d.source).split("/")[-1]
-                out[(s.name, s.version)] = (f"{p.stem}: {s.upstream.arch}", app)
+            if d is None:
+                continue
+            app = {"local": lambda: Path(d.path).name, "derived": lambda: d.name}.get(
+                d.source, lambda: (d.id or d.source).split("/")[-1])()
+            tier = f"{p.stem}: {s.upstream.arch}"
+            if claimed.setdefault((tier, app), s.name) != s.name:  # two scenarios of one cell: keep them apart
+                app = f"{app} ({s.name})"
+            out[(s.name, s.version)] = (tier, app)
     return out
 
 

@@ -28,8 +28,8 @@ def gflops(arch: str, size: int, channels: int, classes: int = 10) -> float:
 
 
 def sizes(spec: DataSpec, base: Path) -> tuple[Optional[int], Optional[int]]:
-    """(train, test) image counts: from the parquet metadata of a local dataset, the bundled digits, or the
-    scenario's n_train / n_test hints."""
+    """(train, test) image counts: from the label column of a local dataset's parquet files (after `classes` and the
+    per-class limits), the bundled digits, or the scenario's n_train / n_test hints."""
     if spec.source == "sklearn-digits":
         from sklearn.datasets import load_digits
         y = load_digits().target

@@ -52,6 +52,8 @@ class DataSpec:
                 raise Invalid("revision", "a hub dataset must be pinned: give 'revision' (a commit sha or tag)")
         if self.source == "local" and not self.path:
             raise Invalid("path", "a local dataset needs 'path' (a folder datasets.load_dataset can read)")
+        if self.name is not None and self.source != "derived":
+            raise Invalid("name", "only a derived dataset (source: derived) has a name")
         if self.source == "derived":
             from .derive import REGISTRY
             if self.name not in REGISTRY:

@@ -88,21 +88,63 @@ def test_utkface_balances_minors_and_adults_and_holds_out_a_fifth(tmp_path):
     assert m["counts"] == {"train": [24, 24], "test": [6, 6]}
 
 
-def test_a_source_in_its_own_order_takes_the_first_images_of_each_class(tmp_path, monkeypatch):
+def test_a_source_in_its_own_order_takes_the_first_images_of_each_class_and_stops(tmp_path, monkeypatch):
+    import hashlib
+
     import datasets
     rows = [{"image": png(i), "label": i % 3} for i in range(30)]
-    src = hub_folder(tmp_path / "src", {"train": rows, "validation": rows[:6]}, {"label": datasets.Value("int64")})
+    held_out = [{"image": png(100 + i), "label": i % 3} for i in range(6)]
+    src = hub_folder(tmp_path / "src", {"train": rows, "validation": held_out}, {"label": datasets.Value("int64")})
     d = derive.Derivation(name="tiny-100pc", description="", classes=("a", "b", "c"), label=lambda r: int(r["label"]),
                           order="source",
-                          draws={"train": derive.Draw(take=2), "validation": derive.Draw(take=2, test=2)})
+                          draws={"train": derive.Draw(take=2), "validation": derive.Draw(test_fraction=1.0)})
     monkeypatch.setitem(derive.REGISTRY, d.name, d)
-    m = derive.derive(d.name, tmp_path, source=src, log=lambda s: None)
-    assert m["counts"] == {"train": [2, 2, 2], "test": [2, 2, 2]}
-    tr, _ = load(DataSpec(source="derived", name=d.name), ImageSpec(size=8), tmp_path / "data")
-    import hashlib
-    import torch
+    read = []
+    real_rows = derive._rows
+
+    def counted(*a):
+        for r in real_rows(*a):
+            read.append(a[-1])
+            yield r
+    monkeypatch.setattr(derive, "_rows", counted)
+    splits = derive.select(d, src)
     want = sorted((i % 3, hashlib.sha256(png(i)).hexdigest()) for i in range(6))  # rows 0-5: the first two of each
-    assert torch.equal(tr.labels, torch.tensor([c for c, _ in want]))
+    assert [(c, h) for c, h, _ in splits["train"]] == want
+    assert len(splits["test"]) == 6 and read.count("train") == 6  # it stopped once every class had two
+
+
+def test_duplicates_are_kept_once_and_dropped_where_their_labels_disagree(tmp_path, monkeypatch):
+    import datasets
+    rows = [{"image": png(i), "label": i % 2} for i in range(8)]
+    rows += [{"image": png(0), "label": 0}, {"image": png(1), "label": 0}]  # png(1) also carries label 1 above
+    src = hub_folder(tmp_path / "src", {"train": rows, "test": [{"image": png(2), "label": 0}]},
+                     {"label": datasets.Value("int64")})
+    d = derive.Derivation(name="dups", description="", classes=("a", "b"), label=lambda r: int(r["label"]),
+                          draws={"train": derive.Draw(), "test": derive.Draw(test_fraction=1.0)})
+    monkeypatch.setitem(derive.REGISTRY, d.name, d)
+    splits = derive.select(d, src)
+    assert [c for c, _, _ in splits["train"]] == [0] * 4 + [1] * 3  # png(0) once; png(1) nowhere
+    assert "test" not in splits  # png(2) is already in the train split
+    backwards = hub_folder(tmp_path / "rev", {"train": rows[::-1], "test": [{"image": png(2), "label": 0}]},
+                           {"label": datasets.Value("int64")})
+    assert derive.content_sha256(d.classes, derive.select(d, backwards)) == derive.content_sha256(d.classes, splits)
+
+
+def test_aider_checks_its_class_folders_and_its_test_counts(tmp_path):
+    """AIDER comes as one folder per class (datasets' imagefolder); a stray folder or too few images to hold out
+    the paper's test counts is an error, not a silently shifted label."""
+    from PIL import Image
+    names = derive.get("matsuo-aider").classes
+    for i, name in enumerate(names):
+        (tmp_path / "aider" / name).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(np.full((4, 4, 3), i * 40 + j, dtype=np.uint8)).save(tmp_path / "aider" / name / f"{j}.png")
+    with pytest.raises(BenchError, match="holds out 145 for test"):
+        derive.derive("matsuo-aider", tmp_path, source=tmp_path / "aider", log=lambda s: None)
+    (tmp_path / "aider" / "unsorted").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "aider" / "unsorted" / "x.png")
+    with pytest.raises(BenchError, match="the source's classes are"):
+        derive.derive("matsuo-aider", tmp_path, source=tmp_path / "aider", log=lambda s: None)
 
 
 def test_a_pinned_hash_refuses_other_content_and_keeps_the_folder(lfw, tmp_path, monkeypatch):

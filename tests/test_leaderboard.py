@@ -507,5 +507,8 @@ def test_across_tiers_counts_implanted_attacks_that_survive_transfer():
     assert t["applications"]["chest"]["cpu: small"]["survive"] == 1
     page = headline_markdown(cells, where)
     assert "| chest | 1 of 2 implanted survive (3 attacks; median lift 0.49; s-big-v1, 3+ seeds) |" in page
-    assert ("pre-imagenet-chest", 1) in tiers() and tiers()[("cpu-cifar10-gtsrb-resnet18", 3)] == \
+    shipped = tiers()
+    assert ("pre-imagenet-chest", 1) in shipped and shipped[("cpu-cifar10-gtsrb-resnet18", 3)] == \
         ("cpu: resnet18", "gtsrb-13k")
+    assert shipped[("gpu-matsuo2022-resnet50-lfw", 2)] == ("matsuo2022: resnet50", "matsuo-lfw-bush")
+    assert len(set(shipped.values())) == len(shipped)  # no two scenarios share an application and tier

@@ -160,7 +160,7 @@ def test_a_chain_from_imagenet_weights_trains_only_the_head_upstream(registry, t
     run = Run(tmp_path / "home", registry, sc, [], seeds=[0])
     assert sorted(run.computed) == sorted(["upstream", "backdoor", "downstream", "downstream"] + ["eval"] * 4)
     desc, n, trained = fits[0]
-    assert desc.startswith("clean upstream") and n == 5 * 16
+    assert desc == "clean upstream (head)" and n == 5 * 16
     assert trained == {"net.classifier.weight", "net.classifier.bias"}  # the ImageNet body stays as published
     assert all(len(t) > 2 for d, _, t in fits[1:])  # the attack and the victims fine-tune every layer
     assert run.results[0].ok and run.results[0].metrics.upstream.clean.ca is not None
