@@ -30,13 +30,11 @@ def build(env) -> tuple:
     if sc.upstream.weights is not None:  # a package's pinned file, converted once beside the store
         from .. import weights
         weights.load_into(model, weights.convert(sc, env.cache.parent / "weights"), sc.file)
-    if sc.upstream.protocol == "full":
-        env.ctx(sc.upstream.seed).train(model, d.up_train, sc.upstream.train, desc="clean upstream")
-    else:  # the head alone, on the pretrained features
-        models.set_protocol(model, sc.upstream.protocol)
-        training.fit(model, d.up_train, sc.upstream.train, device=env.device, seed=sc.upstream.seed,
-                     desc="clean upstream (head)", progress=env.progress)
-        models.set_protocol(model, "full")
+    models.set_protocol(model, sc.upstream.protocol)  # linear: the head alone, on the pretrained features
+    training.fit(model, d.up_train, sc.upstream.train, device=env.device, seed=sc.upstream.seed,
+                 desc="clean upstream" + (" (head)" if sc.upstream.protocol == "linear" else ""),
+                 progress=env.progress)
+    models.set_protocol(model, "full")
     ca = metrics.accuracy(training.predict(model, d.up_test, device=env.device), d.up_test.labels)
     return model, {"metrics": {"ca": ca}}
 
